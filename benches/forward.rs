@@ -19,8 +19,7 @@ fn ids(n: usize, device: &Device) -> Tensor<2, Int> {
 
 fn forward(c: &mut Criterion) {
     let device = Device::flex();
-    device.seed(0);
-    let model = smollm2_shapes().init(&device);
+    let model = smollm2_shapes().init(&device, 0);
     let mut group = c.benchmark_group("smollm2_135m_flex");
     group.sample_size(10);
     for n in [128usize, 512] {
@@ -33,7 +32,9 @@ fn forward(c: &mut Criterion) {
         });
     }
     let mut cache = model.new_cache(1);
-    model.forward_cached(ids(128, &device), None, &mut cache).into_data();
+    model
+        .forward_cached(ids(128, &device), None, &mut cache)
+        .into_data();
     group.throughput(Throughput::Elements(1));
     group.bench_function("decode_after_128", |b| {
         b.iter(|| {

@@ -48,7 +48,10 @@ fn kv_cache_decoding(case: &str) {
     let (_, prefill_expected) = read_reference(&reference, "decode_prefill_logits");
     let (_, decode_expected) = read_reference(&reference, "decode_logits");
     let pmask: Vec<bool> = pmask.iter().map(|&m| m > 0.5).collect();
-    assert!(!pmask[pshape[1] * 2], "the third prompt must be left padded");
+    assert!(
+        !pmask[pshape[1] * 2],
+        "the third prompt must be left padded"
+    );
     let batch = pshape[0];
     let mut cache = m.model.new_cache(batch);
     let prefill = m.model.forward_cached(
@@ -105,7 +108,11 @@ fn saved_model_loads_in_transformers(case: &str) {
     assert_eq!(a.len(), b.len());
     for ((na, da), (nb, db)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert_eq!(da.try_to_vec::<f32>().unwrap(), db.try_to_vec::<f32>().unwrap(), "{na}");
+        assert_eq!(
+            da.try_to_vec::<f32>().unwrap(),
+            db.try_to_vec::<f32>().unwrap(),
+            "{na}"
+        );
     }
     let tok_a = m.tokenizer.as_ref().unwrap();
     let tok_b = back.tokenizer.as_ref().unwrap();

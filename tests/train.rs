@@ -8,20 +8,48 @@ use std::path::Path;
 
 /// Deterministic English-like text: sentences from a small grammar.
 fn corpus(path: &Path, sentences: usize) {
-    let subjects = ["the kernel", "a process", "the file", "each thread", "the user", "a signal"];
-    let verbs = ["opens", "reads", "writes", "closes", "maps", "blocks", "returns"];
-    let objects = ["the socket", "a buffer", "the page", "an inode", "the pipe", "a lock"];
-    let tails = ["quickly", "on success", "with an error", "again", "in order", "at once"];
+    let subjects = [
+        "the kernel",
+        "a process",
+        "the file",
+        "each thread",
+        "the user",
+        "a signal",
+    ];
+    let verbs = [
+        "opens", "reads", "writes", "closes", "maps", "blocks", "returns",
+    ];
+    let objects = [
+        "the socket",
+        "a buffer",
+        "the page",
+        "an inode",
+        "the pipe",
+        "a lock",
+    ];
+    let tails = [
+        "quickly",
+        "on success",
+        "with an error",
+        "again",
+        "in order",
+        "at once",
+    ];
     let mut state = 12345u64;
     let mut next = |n: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) % n as u64) as usize
     };
     let mut lines = Vec::new();
     for i in 0..sentences {
         let s = format!(
             "{} {} {} {}.",
-            subjects[next(6)], verbs[next(7)], objects[next(6)], tails[next(6)]
+            subjects[next(6)],
+            verbs[next(7)],
+            objects[next(6)],
+            tails[next(6)]
         );
         lines.push(if i % 5 == 4 { format!("{s}\n") } else { s });
     }
@@ -62,6 +90,7 @@ fn config(data: &Path, out: &Path) -> PretrainConfig {
 }
 
 fn quiet() -> TrainControl {
+    distill_model::device::pin_default_device_to_cpu();
     TrainControl {
         quiet: true,
         ..TrainControl::default()
@@ -75,7 +104,8 @@ fn a_killed_and_resumed_run_ends_like_an_uninterrupted_one() {
     corpus(&data, 2000);
     let device = Device::flex();
 
-    let whole = pretrain::run(&config(&data, &tmp.path().join("whole")), &device, &quiet()).unwrap();
+    let whole =
+        pretrain::run(&config(&data, &tmp.path().join("whole")), &device, &quiet()).unwrap();
     assert_eq!(whole.steps, 12);
 
     let split_cfg = config(&data, &tmp.path().join("split"));
@@ -106,12 +136,25 @@ fn a_killed_and_resumed_run_ends_like_an_uninterrupted_one() {
     assert_eq!(resumed.history.len(), 12);
     for (a, b) in whole.history.iter().zip(&resumed.history) {
         assert_eq!(a.step, b.step);
-        assert!((a.train - b.train).abs() <= 1e-6, "step {}: {} vs {}", a.step, a.train, b.train);
+        assert!(
+            (a.train - b.train).abs() <= 1e-6,
+            "step {}: {} vs {}",
+            a.step,
+            a.train,
+            b.train
+        );
         if let (Some(x), Some(y)) = (a.valid, b.valid) {
-            assert!((x - y).abs() <= 1e-6, "valid at step {}: {x} vs {y}", a.step);
+            assert!(
+                (x - y).abs() <= 1e-6,
+                "valid at step {}: {x} vs {y}",
+                a.step
+            );
         }
     }
-    let (a, b) = (whole.history.last().unwrap(), resumed.history.last().unwrap());
+    let (a, b) = (
+        whole.history.last().unwrap(),
+        resumed.history.last().unwrap(),
+    );
     println!("final loss: uninterrupted {} resumed {}", a.train, b.train);
     assert!(a.train < whole.history[0].train, "the loss must fall");
 
@@ -131,7 +174,9 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     cfg.train.warmup_steps = 0;
     cfg.train.grad_clip = 0.0;
     cfg.train.checkpoint_every = 1;
-    let err = pretrain::run(&cfg, &Device::flex(), &quiet()).err().expect("must diverge");
+    let err = pretrain::run(&cfg, &Device::flex(), &quiet())
+        .err()
+        .expect("must diverge");
     let PretrainError::Train(TrainError::Diverged {
         step, checkpoint, ..
     }) = &err
@@ -140,7 +185,9 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     };
     println!("{err}");
     assert!(*step >= 2);
-    let ckpt = checkpoint.as_ref().expect("a checkpoint before the divergence");
+    let ckpt = checkpoint
+        .as_ref()
+        .expect("a checkpoint before the divergence");
     assert!(ckpt.join("model.bpk").is_file() && ckpt.join("state.json").is_file());
     assert!(err.to_string().contains("diverged"), "{err}");
 }

@@ -11,20 +11,23 @@ fn to_vec(t: Tensor<3>) -> Vec<f32> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A small GQA model with biases, random weights (std 0.1), as an HF directory.
 fn tiny_model_dir() -> tempfile::TempDir {
     let cpu = Device::flex();
-    cpu.seed(7);
     let mut config = LlamaConfig::llama(96, 64, 128, 2, 4, 2);
     config.qkv_bias = true;
+    config.o_bias = true;
     config.tie_word_embeddings = false;
     config.initializer_range = 0.1;
     let dir = tempfile::tempdir().unwrap();
     let m = ModelDir {
-        model: config.init(&cpu),
+        model: config.init(&cpu, 7),
         config,
         tokenizer: None,
         generation_config: None,
@@ -35,7 +38,9 @@ fn tiny_model_dir() -> tempfile::TempDir {
 
 #[test]
 fn wgpu_forward_and_decoding_match_the_cpu() {
-    let gpu = DeviceChoice::Wgpu.open().expect("a WGPU adapter (install mesa-vulkan-drivers)");
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)");
     let cpu = Device::flex();
     let dir = tiny_model_dir();
     let on_cpu = checkpoint::load_dir(dir.path(), &cpu).unwrap().model;

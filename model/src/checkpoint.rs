@@ -11,8 +11,8 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -154,6 +154,19 @@ impl MappedFile {
     }
 }
 
+/// Name, dtype and shape of every tensor of a safetensors file, from its (mapped) header.
+pub fn tensor_infos(path: &Path) -> Result<Vec<(String, Dtype, Vec<usize>)>, CheckpointError> {
+    let file = MappedFile::open(path)?;
+    let mut infos: Vec<_> = file
+        .metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.dtype, info.shape.clone()))
+        .collect();
+    infos.sort();
+    Ok(infos)
+}
+
 /// Tensors read by name from one or more safetensors files (a sharded checkpoint).
 pub struct SafetensorsSource {
     files: Vec<MappedFile>,
@@ -217,7 +230,10 @@ impl SafetensorsSource {
                 reason: "shard name is not a string".into(),
             })?;
             if shard.contains('/') || shard.contains("..") {
-                return Err(file_err(&index, format!("shard `{shard}` is outside the directory")));
+                return Err(file_err(
+                    &index,
+                    format!("shard `{shard}` is outside the directory"),
+                ));
             }
             if !shards.iter().any(|s| s == shard) {
                 shards.push(shard.to_string());
@@ -250,7 +266,10 @@ impl ParamSource for SafetensorsSource {
         _init: Init,
     ) -> Result<Tensor<D>, CheckpointError> {
         let Some(&i) = self.owner.get(name) else {
-            let path = self.files.first().map_or_else(PathBuf::new, |f| f.path.clone());
+            let path = self
+                .files
+                .first()
+                .map_or_else(PathBuf::new, |f| f.path.clone());
             return Err(CheckpointError::Tensor {
                 path,
                 tensor: name.into(),
@@ -263,14 +282,19 @@ impl ParamSource for SafetensorsSource {
             tensor: name.into(),
             reason,
         };
-        let (dtype, found, bytes) = file.view(name).ok_or_else(|| err("data out of range".into()))?;
+        let (dtype, found, bytes) = file
+            .view(name)
+            .ok_or_else(|| err("data out of range".into()))?;
         if found != shape {
             return Err(err(format!("shape {found:?}, expected {shape:?}")));
         }
         let values = decode(dtype, bytes)
             .ok_or_else(|| err(format!("dtype {dtype:?}; expected F32, F16 or BF16")))?;
         self.used.insert(name.to_string());
-        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
     }
 }
 
@@ -299,7 +323,10 @@ pub fn load_weights(
     let ignorable = |n: &String| config.tie_word_embeddings && n == "lm_head.weight";
     let unused: Vec<_> = unused.into_iter().filter(|n| !ignorable(n)).collect();
     if !unused.is_empty() {
-        tracing::warn!("{} tensors in the checkpoint were not used: {unused:?}", unused.len());
+        tracing::warn!(
+            "{} tensors in the checkpoint were not used: {unused:?}",
+            unused.len()
+        );
     }
     Ok(model)
 }
@@ -348,7 +375,8 @@ impl ModuleVisitor for NamedTensors {
         self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.push((self.path.join("."), param.val().into_data()));
+        self.out
+            .push((self.path.join("."), param.val().into_data()));
     }
 }
 
@@ -456,8 +484,11 @@ pub fn save_dir(dir: &Path, m: &ModelDir, options: SaveOptions) -> Result<(), Ch
         let _ = std::fs::remove_file(old);
     }
     let config_path = dir.join("config.json");
-    write_json_atomic(&config_path, &m.config.to_hf_json(options.dtype.torch_name()))
-        .map_err(|e| file_err(&config_path, e))?;
+    write_json_atomic(
+        &config_path,
+        &m.config.to_hf_json(options.dtype.torch_name()),
+    )
+    .map_err(|e| file_err(&config_path, e))?;
     if let Some(tokenizer) = &m.tokenizer {
         tokenizer.save_dir(dir)?;
     }
@@ -483,27 +514,31 @@ mod tests {
         let mut c = LlamaConfig::llama(50, 16, 24, 2, 4, 2);
         c.tie_word_embeddings = false;
         c.qkv_bias = true;
+        c.o_bias = true;
         c
     }
 
     #[test]
     fn names_match_hf() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init(&device, 0);
         let names: Vec<String> = named_tensors(&model).into_iter().map(|(n, _)| n).collect();
-        assert!(names.contains(&"model.embed_tokens.weight".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"model.embed_tokens.weight".to_string()),
+            "{names:?}"
+        );
         assert!(names.contains(&"model.layers.1.self_attn.q_proj.bias".to_string()));
         assert!(names.contains(&"model.layers.0.mlp.down_proj.weight".to_string()));
         assert!(names.contains(&"model.norm.weight".to_string()));
         assert!(names.contains(&"lm_head.weight".to_string()));
-        assert_eq!(names.len(), 1 + 2 * (4 + 3 + 3 + 2) + 1 + 1);
+        assert_eq!(names.len(), 1 + 2 * (4 + 4 + 3 + 2) + 1 + 1);
     }
 
     #[test]
     fn save_load_round_trip_in_every_dtype_and_sharded() {
         let device = Device::flex();
         let config = tiny();
-        let model = config.init(&device);
+        let model = config.init(&device, 0);
         let original = named_tensors(&model);
         let m = ModelDir {
             config: config.clone(),
@@ -532,7 +567,11 @@ mod tests {
                 assert_eq!(n1, &n2);
                 let a = a.try_to_vec::<f32>().unwrap();
                 let b = b.try_to_vec::<f32>().unwrap();
-                let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
                 assert!(diff <= tol, "{dtype:?} {n1}: {diff}");
             }
         }
@@ -543,7 +582,7 @@ mod tests {
         let device = Device::flex();
         let config = tiny();
         let m = ModelDir {
-            model: config.init(&device),
+            model: config.init(&device, 0),
             config,
             tokenizer: None,
             generation_config: None,
@@ -571,7 +610,12 @@ mod tests {
             let mut corrupt = bytes.clone();
             // Mostly the header, where a flipped bit changes structure rather than a value.
             let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let pos = (state as usize) % if state % 4 == 0 { bytes.len() } else { header };
+            let pos = (state as usize)
+                % if state.is_multiple_of(4) {
+                    bytes.len()
+                } else {
+                    header
+                };
             corrupt[pos] ^= 1 << (state >> 61);
             let _ = load(&corrupt);
         }
@@ -583,14 +627,30 @@ mod tests {
         // A config that disagrees with the weights names the tensor and both shapes.
         let mut wrong = m.config.clone();
         wrong.intermediate_size += 1;
-        write_json_atomic(&dir.path().join("config.json"), &wrong.to_hf_json("float32")).unwrap();
-        let err = load_dir(dir.path(), &device).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("gate_proj.weight") && err.contains("shape"), "{err}");
+        write_json_atomic(
+            &dir.path().join("config.json"),
+            &wrong.to_hf_json("float32"),
+        )
+        .unwrap();
+        let err = load_dir(dir.path(), &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gate_proj.weight") && err.contains("shape"),
+            "{err}"
+        );
         // A missing tensor is named too.
         let mut more = m.config.clone();
         more.num_hidden_layers += 1;
         write_json_atomic(&dir.path().join("config.json"), &more.to_hf_json("float32")).unwrap();
-        let err = load_dir(dir.path(), &device).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("model.layers.2") && err.contains("missing"), "{err}");
+        let err = load_dir(dir.path(), &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.layers.2") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

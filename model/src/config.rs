@@ -98,6 +98,9 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    /// The values do not fit together.
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
     /// The architecture is not one this crate runs.
     #[error(
         "{path}: unknown architecture {found}: distill runs LlamaForCausalLM and Qwen2ForCausalLM"
@@ -191,15 +194,15 @@ impl LlamaConfig {
         let f64_key = |key: &str, default: f64| -> Result<f64, ConfigError> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x
-                    .as_f64()
-                    .ok_or_else(|| key_err(key, "expected a number")),
+                Some(x) => x.as_f64().ok_or_else(|| key_err(key, "expected a number")),
             }
         };
         let bool_key = |key: &str, default: bool| -> Result<bool, ConfigError> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_bool().ok_or_else(|| key_err(key, "expected true or false")),
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| key_err(key, "expected true or false")),
             }
         };
 
@@ -208,7 +211,10 @@ impl LlamaConfig {
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
             && act != "silu"
         {
-            return Err(key_err("hidden_act", &format!("`{act}` is not supported, only silu")));
+            return Err(key_err(
+                "hidden_act",
+                &format!("`{act}` is not supported, only silu"),
+            ));
         }
         // transformers 5 nests RoPE under `rope_parameters`; 4.x writes `rope_theta` and
         // `rope_scaling` at the top level.
@@ -264,29 +270,53 @@ impl LlamaConfig {
             rms_norm_eps: f64_key("rms_norm_eps", 1e-6)?,
             rope_theta,
             max_position_embeddings: opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            tie_word_embeddings: bool_key("tie_word_embeddings", architecture == Architecture::Llama)?,
+            tie_word_embeddings: bool_key(
+                "tie_word_embeddings",
+                architecture == Architecture::Llama,
+            )?,
             qkv_bias,
             o_bias,
             mlp_bias,
             initializer_range: f64_key("initializer_range", 0.02)?,
-            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
             eos_token_id,
         };
-        config.validate().map_err(|reason| key_err("num_key_value_heads", &reason))?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: origin.to_string(),
+            reason,
+        })?;
         Ok(config)
     }
 
     /// Checks the sizes fit together.
     pub fn validate(&self) -> Result<(), String> {
         if self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return Err(format!(
                 "{} query heads cannot be grouped over {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        let layout_ok = match self.architecture {
+            Architecture::Llama => self.qkv_bias == self.o_bias,
+            Architecture::Qwen2 => self.qkv_bias && !self.o_bias && !self.mlp_bias,
+        };
+        if !layout_ok {
+            return Err(format!(
+                "{} cannot have biases on q/k/v {}, on o {} and on the MLP {}",
+                self.architecture.hf_class(),
+                self.qkv_bias,
+                self.o_bias,
+                self.mlp_bias
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         Ok(())
@@ -297,7 +327,9 @@ impl LlamaConfig {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let attn = h * q + 2 * h * kv + q * h
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
             + if self.qkv_bias { q + 2 * kv } else { 0 }
             + if self.o_bias { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };

@@ -104,7 +104,12 @@ pub struct PackedWindows {
 
 impl PackedWindows {
     /// Packs `tokens`; errors when they do not fill one window.
-    pub fn new(tokens: Vec<u32>, seq_len: usize, seed: u64, origin: &str) -> Result<Self, DataError> {
+    pub fn new(
+        tokens: Vec<u32>,
+        seq_len: usize,
+        seed: u64,
+        origin: &str,
+    ) -> Result<Self, DataError> {
         let windows = tokens.len().saturating_sub(1) / seq_len;
         if windows == 0 {
             return Err(DataError::Empty {
@@ -153,7 +158,10 @@ impl PackedWindows {
     /// The `i`-th window of the shuffled visiting order, which continues across epochs.
     pub fn shuffled(&self, i: usize) -> &[u32] {
         let epoch = (i / self.windows) as u64;
-        let order = permutation(self.windows, self.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let order = permutation(
+            self.windows,
+            self.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
         self.window(order[i % self.windows])
     }
 

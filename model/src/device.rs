@@ -72,3 +72,17 @@ impl DeviceChoice {
         }
     }
 }
+
+/// Pins burn's `Device::default()` to the CPU backend unless `BURN_DEVICE` says otherwise.
+///
+/// burn creates a few tensors on the default device (a loaded optimizer state, before it moves
+/// to its parameters' device), and the default prefers a GPU backend, which opens WGPU, or
+/// fails without a Vulkan driver, even in a run on the CPU. Call this first thing in `main`,
+/// while the process has one thread.
+pub fn pin_default_device_to_cpu() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called at start-up before other threads exist (documented above); tests call
+        // it before any backend work, and Rust's own env accesses are serialized by std.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+}

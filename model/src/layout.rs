@@ -56,7 +56,11 @@ impl Layout {
     pub fn query_mask(&self) -> Vec<bool> {
         let keys = self.past + self.seq;
         (0..self.batch)
-            .flat_map(|b| self.key_mask[b * keys + self.past..(b + 1) * keys].iter().copied())
+            .flat_map(|b| {
+                self.key_mask[b * keys + self.past..(b + 1) * keys]
+                    .iter()
+                    .copied()
+            })
             .collect()
     }
 
@@ -179,7 +183,11 @@ mod tests {
     fn bias_blocks_future_and_padding() {
         let device = Device::flex();
         let layout = Layout::from_mask(1, 3, &[false, true, true]);
-        let bias: Vec<f32> = layout.attention_bias(&device).into_data().try_to_vec().unwrap();
+        let bias: Vec<f32> = layout
+            .attention_bias(&device)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         let b = BLOCKED;
         assert_eq!(bias, vec![b, b, b, b, 0.0, b, b, 0.0, 0.0]);
     }

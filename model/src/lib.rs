@@ -2,12 +2,15 @@
 //! loop that every stage of distill uses.
 
 pub mod capture;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod layout;
 pub mod llama;
 pub mod loss;

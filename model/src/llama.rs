@@ -10,7 +10,6 @@ use crate::config::LlamaConfig;
 use crate::layout::{KvCache, Layout};
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::{silu, softmax};
 
 /// Where a module's parameters come from: a checkpoint, or a fresh initialization.
@@ -37,30 +36,54 @@ pub enum Init {
     Zeros,
 }
 
-/// A [`ParamSource`] that initializes every parameter afresh, reproducibly from the device seed.
+/// A [`ParamSource`] that initializes every parameter afresh. Each tensor is drawn on the host
+/// from its own generator, seeded by `seed` and the parameter's name, so a model is the same
+/// whatever the backend, the thread or the order of construction.
 pub struct FreshInit {
     /// Target device.
     pub device: Device,
     /// Standard deviation of [`Init::Normal`] parameters.
     pub std: f64,
+    /// Seed of the whole model.
+    pub seed: u64,
 }
 
 impl ParamSource for FreshInit {
     type Error = std::convert::Infallible;
     fn float<const D: usize>(
         &mut self,
-        _name: &str,
+        name: &str,
         shape: [usize; D],
         init: Init,
     ) -> Result<Tensor<D>, Self::Error> {
         Ok(match init {
             Init::Normal => {
-                Tensor::random(shape, Distribution::Normal(0.0, self.std), &self.device)
+                let n = shape.iter().product();
+                let seed = self.seed ^ param_id(name).val();
+                let values = normal_samples(n, self.std, seed);
+                Tensor::from_data(TensorData::new(values, shape), &self.device)
             }
             Init::Ones => Tensor::ones(shape, &self.device),
             Init::Zeros => Tensor::zeros(shape, &self.device),
         })
     }
+}
+
+/// `n` draws of N(0, std²) (Box–Muller over a seeded `StdRng`).
+fn normal_samples(n: usize, std: f64, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let theta = std::f64::consts::TAU * u2;
+        out.push((r * theta.cos()) as f32);
+        out.push((r * theta.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }
 
 /// A parameter id derived from the HF name, so ids (and optimizer state keyed by them) are the
@@ -81,10 +104,14 @@ fn param<S: ParamSource, const D: usize>(
     shape: [usize; D],
     init: Init,
 ) -> Result<Param<Tensor<D>>, S::Error> {
-    Ok(Param::initialized(
-        param_id(name),
-        src.float(name, shape, init)?,
-    ))
+    let tensor = src.float(name, shape, init)?;
+    // On an autodiff device the parameter is trainable from the start.
+    let tensor = if tensor.is_autodiff() {
+        tensor.require_grad()
+    } else {
+        tensor
+    };
+    Ok(Param::initialized(param_id(name), tensor))
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -113,9 +140,19 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self, S::Error> {
-        let weight = param(src, &join(name, "weight"), [out_features, in_features], Init::Normal)?;
+        let weight = param(
+            src,
+            &join(name, "weight"),
+            [out_features, in_features],
+            Init::Normal,
+        )?;
         let bias = if bias {
-            Some(param(src, &join(name, "bias"), [out_features], Init::Zeros)?)
+            Some(param(
+                src,
+                &join(name, "bias"),
+                [out_features],
+                Init::Zeros,
+            )?)
         } else {
             None
         };
@@ -169,7 +206,12 @@ impl RmsNorm {
 
     /// Normalizes the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
         x.div(rms).mul(self.weight.val().unsqueeze())
     }
 }
@@ -271,8 +313,14 @@ impl Attention {
         let [b, s, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = heads(step.linear(&self.q_proj, &join(name, "q_proj"), x.clone()), nh);
-        let k = heads(step.linear(&self.k_proj, &join(name, "k_proj"), x.clone()), nkv);
+        let q = heads(
+            step.linear(&self.q_proj, &join(name, "q_proj"), x.clone()),
+            nh,
+        );
+        let k = heads(
+            step.linear(&self.k_proj, &join(name, "k_proj"), x.clone()),
+            nkv,
+        );
         let v = heads(step.linear(&self.v_proj, &join(name, "v_proj"), x), nkv);
         let q = step.rope.apply(q);
         let mut k = step.rope.apply(k);
@@ -401,11 +449,12 @@ pub struct LlamaForCausalLM {
 
 impl LlamaConfig {
     /// A freshly initialized model (normal weights with `initializer_range`, unit norms, zero
-    /// biases), reproducible after `device.seed(..)`.
-    pub fn init(&self, device: &Device) -> LlamaForCausalLM {
+    /// biases), the same for the same `seed` on every backend.
+    pub fn init(&self, device: &Device, seed: u64) -> LlamaForCausalLM {
         let mut fresh = FreshInit {
             device: device.clone(),
             std: self.initializer_range,
+            seed,
         };
         match LlamaForCausalLM::build(self, &mut fresh) {
             Ok(model) => model,
@@ -432,7 +481,13 @@ impl LlamaForCausalLM {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(Linear::build(src, "lm_head", c.hidden_size, c.vocab_size, false)?)
+            Some(Linear::build(
+                src,
+                "lm_head",
+                c.hidden_size,
+                c.vocab_size,
+                false,
+            )?)
         };
         Ok(Self {
             model: LlamaModel {
@@ -519,9 +574,8 @@ mod tests {
     #[test]
     fn capture_sees_every_linear_input_once() {
         let device = Device::flex();
-        device.seed(1);
         let config = LlamaConfig::llama(40, 16, 24, 2, 4, 2);
-        let model = config.init(&device);
+        let model = config.init(&device, 0);
         let ids = Tensor::<2, Int>::from_data([[1i64, 5, 7, 3], [2, 2, 9, 30]], &device);
         let layout = Layout::causal(2, 4);
         let mut all = CollectInputs::new(|_| true);

@@ -221,6 +221,28 @@ impl Tokenizer {
         ))
     }
 
+    /// Wraps an in-memory `tokenizers` tokenizer with a `tokenizer_config.json` value (e.g. both
+    /// rebuilt from a GGUF file's metadata); `origin` names the source in errors.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        config: Value,
+        origin: &Path,
+    ) -> Result<Self, TokenizerError> {
+        let err = |reason: String| TokenizerError::Config {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let loaded = ConfigFields::parse(&config).map_err(err)?;
+        let tokenizer = Self::assemble(inner, config, loaded);
+        if tokenizer.add_bos_token && tokenizer.bos_id().is_none() {
+            return Err(err(format!(
+                "add_bos_token is true but bos_token {:?} is not in the vocabulary",
+                tokenizer.bos_token
+            )));
+        }
+        Ok(tokenizer)
+    }
+
     /// Loads a model directory: `tokenizer.json` (required), `tokenizer_config.json` and
     /// `chat_template.jinja` (both optional).
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {

@@ -94,13 +94,13 @@ impl TrainConfig {
                 return Err(format!("train.{key} must be at least 1"));
             }
         }
-        if !(self.learning_rate > 0.0) {
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             return Err("train.learning_rate must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err("train.min_lr_ratio must be in [0, 1]".into());
         }
-        if !(self.max_loss_ratio > 1.0) {
+        if self.max_loss_ratio.is_nan() || self.max_loss_ratio <= 1.0 {
             return Err("train.max_loss_ratio must be above 1".into());
         }
         Ok(())
@@ -316,8 +316,9 @@ impl Checkpoints {
         optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer, RunState), TrainError> {
         let read = |file: &str| std::fs::read(path.join(file)).map_err(|e| ckpt_err(path, e));
-        let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(read("model.bpk")?))
-            .map_err(|e| ckpt_err(path, format!("model.bpk: {e:?}")))?;
+        let record =
+            ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(read("model.bpk")?))
+                .map_err(|e| ckpt_err(path, format!("model.bpk: {e:?}")))?;
         let model = model
             .try_load_record(record)
             .map_err(|e| ckpt_err(path, format!("model.bpk does not fit this model: {e:?}")))?;
@@ -427,11 +428,15 @@ where
         state.loss_mean = Some(0.9 * mean + 0.1 * loss);
 
         let last = state.step == config.steps;
-        let evaluate = last || (config.eval_every > 0 && state.step % config.eval_every == 0);
+        let evaluate =
+            last || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every));
         let valid = (evaluate && task.valid_batches() > 0).then(|| {
             let n = task.valid_batches().min(config.eval_batches.max(1));
             let valid_model = model.valid();
-            (0..n).map(|j| scalar(task.valid_loss(&valid_model, j))).sum::<f64>() / n as f64
+            (0..n)
+                .map(|j| scalar(task.valid_loss(&valid_model, j)))
+                .sum::<f64>()
+                / n as f64
         });
         state.history.push(LossPoint {
             step: state.step,
@@ -447,7 +452,7 @@ where
                 state.step
             ));
         }
-        if last || state.step % config.checkpoint_every == 0 {
+        if last || state.step.is_multiple_of(config.checkpoint_every) {
             last_good = Some(checkpoints.save(&model, &optim, &state)?);
         }
     }

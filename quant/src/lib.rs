@@ -7,7 +7,7 @@
 //! * [`int4`]: int4 group-wise (32/64/128) symmetric and asymmetric.
 //! * [`matrix`]: [`Scheme`] and [`QuantizedMatrix`] for int8/int4, with RTN
 //!   quantization and the per-group grid functions GPTQ/AWQ build on.
-//! * [`reference`]: plain dequantize-then-dot matrix-vector products.
+//! * [`reference`](mod@reference): plain dequantize-then-dot matrix-vector products.
 //!
 //! Weight matrices are `[out, in]` row-major `f32` (one row per output
 //! channel); every format quantizes along the row (the input dimension).

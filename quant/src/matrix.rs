@@ -31,7 +31,7 @@ pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 pub(crate) fn dividing_group_sizes_text(cols: usize) -> String {
     let ok: Vec<String> = GROUP_SIZES
         .iter()
-        .filter(|&&g| cols > 0 && cols % g == 0)
+        .filter(|&&g| cols > 0 && cols.is_multiple_of(g))
         .map(|g| g.to_string())
         .collect();
     if ok.is_empty() {
@@ -94,7 +94,7 @@ impl Scheme {
             Scheme::Int4Sym { group_size } | Scheme::Int4Asym { group_size } => {
                 if !GROUP_SIZES.contains(&group_size) {
                     Err(QuantError::UnsupportedGroupSize(group_size))
-                } else if cols % group_size != 0 {
+                } else if !cols.is_multiple_of(group_size) {
                     Err(QuantError::GroupSizeMismatch { group_size, cols })
                 } else {
                     Ok(())
@@ -663,8 +663,8 @@ mod tests {
         for (i, c) in codes.iter_mut().enumerate() {
             *c = (i * 7 % 16) as i8;
         }
-        let zeros = vec![0u8, 15, 15, 0];
-        let scales = vec![0.5f32, 0.25, 1.0, 2.0];
+        let zeros = [0u8, 15, 15, 0];
+        let scales = [0.5f32, 0.25, 1.0, 2.0];
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| scheme.dequantize_value(codes[i], scales[i / 32], zeros[i / 32]))
             .collect();

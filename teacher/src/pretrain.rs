@@ -2,13 +2,13 @@
 //! config plus a tokenizer, trained on the data when none is given) or continuing a loaded
 //! model (`init`), on the shared training loop of `distill_model::train`.
 
+use burn::prelude::*;
 use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::data::{self, PackedWindows};
 use distill_model::loss::cross_entropy;
 use distill_model::tokenizer::Tokenizer;
 use distill_model::train::{self, LossPoint, TrainConfig, TrainControl, TrainTask};
 use distill_model::{LlamaConfig, LlamaForCausalLM};
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,8 +119,7 @@ impl PretrainConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text)
-            .map_err(|e| PretrainError::Config(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| PretrainError::Config(format!("{}: {e}", path.display())))
     }
 }
 
@@ -168,13 +167,17 @@ impl TrainTask<LlamaForCausalLM> for LanguageModeling {
     }
 
     fn valid_batches(&self) -> usize {
-        self.valid.as_ref().map_or(0, |v| v.len() / self.batch_size.max(1)).max(
-            usize::from(self.valid.is_some()),
-        )
+        self.valid
+            .as_ref()
+            .map_or(0, |v| v.len() / self.batch_size.max(1))
+            .max(usize::from(self.valid.is_some()))
     }
 
     fn valid_loss(&mut self, model: &LlamaForCausalLM, index: usize) -> Tensor<1> {
-        let valid = self.valid.as_ref().expect("valid_batches is 0 without data");
+        let valid = self
+            .valid
+            .as_ref()
+            .expect("valid_batches is 0 without data");
         let rows = self.batch_size.min(valid.len());
         let mut inputs = Vec::new();
         let mut targets = Vec::new();
@@ -205,10 +208,7 @@ pub struct PretrainSummary {
     pub parameters: usize,
 }
 
-fn tokens_of(
-    tokenizer: &Tokenizer,
-    path: &Path,
-) -> Result<Vec<u32>, PretrainError> {
+fn tokens_of(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, PretrainError> {
     let docs = data::read_documents(path)?;
     Ok(data::tokenize_documents(
         tokenizer,
@@ -232,7 +232,6 @@ pub fn run(
         ));
     }
     let device = device.clone().autodiff();
-    device.seed(config.train.seed);
 
     let (model, tokenizer, model_config, generation_config) = match &config.init {
         Some(dir) => {
@@ -282,7 +281,7 @@ pub fn run(
             c.eos_token_id = tokenizer.eos_id().into_iter().collect();
             c.validate()
                 .map_err(|e| PretrainError::Config(format!("model: {e}")))?;
-            (c.init(&device), tokenizer, c, None)
+            (c.init(&device, config.train.seed), tokenizer, c, None)
         }
     };
 
@@ -301,7 +300,12 @@ pub fn run(
     };
     let train_windows = PackedWindows::new(train_stream, seq, config.train.seed, &origin)?;
     let valid_windows = match valid_stream {
-        Some(v) => Some(PackedWindows::new(v, seq, 0, &format!("{origin} (validation)"))?),
+        Some(v) => Some(PackedWindows::new(
+            v,
+            seq,
+            0,
+            &format!("{origin} (validation)"),
+        )?),
         None => None,
     };
     tracing::info!(

@@ -26,7 +26,9 @@ pub fn python() -> PathBuf {
 
 /// Runs a script of `tests/hf` with the reference Python; panics with its output on failure.
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hf")
+        .join(script);
     let out = Command::new(python())
         .arg(&path)
         .args(args)

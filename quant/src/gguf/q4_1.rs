@@ -27,6 +27,13 @@
 //! use the unrounded `f32` `min` and `d`, so after rounding `m` to `f16` the
 //! block minimum dequantizes to `f16(min)`, not `min`. Ties
 //! (`.5`) round up. An all-zero block stores `d = m = +0` and codes 0.
+//!
+//! One known, harmless divergence: when a block's minimum is a zero and the
+//! block holds both `+0.0` and `-0.0`, which zero numpy's SIMD `min`
+//! reduction returns depends on its lane order (and so on the CPU), so the
+//! sign bit of `m` (`00 00` vs `00 80`) may differ from numpy's. We keep the
+//! first of the tied zeros. The dequantized values are the same either way
+//! (`d >= 0`, so `d * q + (-0.0)` equals `d * q + 0.0`).
 
 use super::{QK, f16_bits, f16_value, inverse_scale, np_cast_i32};
 
@@ -111,6 +118,24 @@ mod tests {
         assert_eq!(b[4], 0x2f);
         assert_eq!(b[5], 0x02);
         assert_eq!(b[6], 0x00);
+    }
+
+    #[test]
+    fn sign_of_a_zero_minimum_does_not_change_values() {
+        let mut x = [0f32; QK];
+        x[0] = -0.0;
+        x[9] = 15.0; // d = 1
+        let mut b = [0u8; BLOCK_BYTES];
+        quantize_block(&x, &mut b);
+        assert_eq!(&b[2..4], &[0x00, 0x80]);
+        let mut y = [0f32; QK];
+        dequantize_block(&b, &mut y);
+        let mut b2 = b;
+        b2[3] = 0x00; // m = +0
+        let mut y2 = [0f32; QK];
+        dequantize_block(&b2, &mut y2);
+        assert_eq!(y.map(f32::to_bits), y2.map(f32::to_bits));
+        assert_eq!(y[9], 15.0);
     }
 
     #[test]

@@ -1,0 +1,60 @@
+//! `distill eval MODEL --data FILE`: the evaluation protocol of `distill_model::eval`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use distill_model::device::DeviceChoice;
+use distill_model::eval::{self, EvalConfig, EvalData};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// An HF model directory or a GGUF file.
+    model: PathBuf,
+    /// Text (.jsonl of {"text"} lines, or plain text), or token ids (.json: a list, or a list
+    /// of lists = documents).
+    #[arg(long)]
+    data: PathBuf,
+    /// Tokens per window (each scored on window − 1 next-token predictions).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Most windows, evenly spaced over the stream.
+    #[arg(long, default_value_t = 64)]
+    windows: usize,
+    /// Windows per forward.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: &EvalArgs, device: DeviceChoice) -> Result<()> {
+    let device = device.open()?;
+    let m = super::load_model(&args.model, &device)?;
+    let data = EvalData::load(&args.data, m.tokenizer.as_ref(), eval::document_eos(&m))?;
+    let config = EvalConfig {
+        window: args.window,
+        windows: args.windows,
+        batch: args.batch,
+    };
+    let planned = eval::window_starts(data.tokens.len(), config.window, config.windows).len();
+    let bar = ProgressBar::new(planned as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] window {pos}/{len} (eta {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let name = args.model.display().to_string();
+    let report = eval::evaluate(&m, &name, &data, &config, &device, |done| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)? + "\n";
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}

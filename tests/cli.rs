@@ -1,0 +1,287 @@
+//! The `distill` binary end to end on a tiny random model (info, generate, chat, eval, bad
+//! input), and chat templates against transformers' `apply_chat_template`.
+
+mod common;
+
+use burn::prelude::*;
+use distill_model::LlamaConfig;
+use distill_model::chat::{self, ChatTemplate, Message};
+use distill_model::checkpoint::{self, ModelDir, SaveOptions};
+use distill_model::tokenizer::{ENDOFTEXT, Tokenizer};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// SmolLM2-Instruct's chat template, as in its tokenizer_config.json and GGUF metadata.
+const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+const DOCS: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away.",
+    "A tokenizer splits text into tokens, and the model only ever sees the ids.",
+    "Distillation trains a small student to imitate a large teacher on one domain.",
+];
+
+/// A tiny random Llama with a trained BPE tokenizer and a ChatML template, saved once.
+fn tiny_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("distill-cli-model-{}", std::process::id()));
+        let corpus: Vec<String> = DOCS.iter().map(|d| d.repeat(5)).collect();
+        let mut tokenizer =
+            Tokenizer::train_bpe(corpus, 320, &[ENDOFTEXT, "<|im_start|>", "<|im_end|>"]).unwrap();
+        tokenizer.chat_template = Some(CHATML.to_string());
+        let mut config = LlamaConfig::llama(tokenizer.vocab_size(), 32, 64, 2, 4, 2);
+        config.initializer_range = 0.3;
+        config.eos_token_id = vec![0];
+        let model = config.init(&Device::flex(), 5);
+        let m = ModelDir {
+            config,
+            model,
+            tokenizer: Some(tokenizer),
+            generation_config: None,
+        };
+        checkpoint::save_dir(&dir, &m, SaveOptions::default()).unwrap();
+        dir
+    })
+}
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env("DISTILL_LOG", "warn")
+        .output()
+        .expect("the distill binary runs")
+}
+
+/// Runs distill, asserts success, returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = distill(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "distill {args:?} failed:\n{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs distill, asserts failure, returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = distill(args);
+    assert!(!out.status.success(), "distill {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn info_describes_the_model() {
+    let out = ok(&["info", path(tiny_model())]);
+    assert!(out.contains("architecture  LlamaForCausalLM"), "{out}");
+    assert!(out.contains("2 layers, hidden 32"), "{out}");
+    assert!(out.contains("model.layers.1.mlp.down_proj.weight"), "{out}");
+}
+
+#[test]
+fn greedy_generation_is_deterministic() {
+    let model = path(tiny_model());
+    let args = [
+        "generate",
+        model,
+        "--prompt",
+        "The quick brown",
+        "--max-tokens",
+        "12",
+    ];
+    let first = ok(&args);
+    assert!(first.starts_with("The quick brown"), "{first}");
+    assert!(
+        first.len() > "The quick brown\n".len(),
+        "nothing generated: {first:?}"
+    );
+    assert_eq!(ok(&args), first);
+    let sampled = [
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "50",
+        "--seed",
+        "7",
+    ];
+    let a = ok(&[&args[..], &sampled[..]].concat());
+    assert_eq!(ok(&[&args[..], &sampled[..]].concat()), a);
+}
+
+#[test]
+fn chat_generation_prints_only_the_answer() {
+    let model = path(tiny_model());
+    let args = [
+        "generate",
+        model,
+        "--chat",
+        "--prompt",
+        "Who sleeps?",
+        "--max-tokens",
+        "8",
+    ];
+    let answer = ok(&args);
+    assert!(!answer.contains("Who sleeps?"), "{answer}");
+    assert!(!answer.contains("<|im_start|>"), "{answer}");
+    assert_eq!(ok(&args), answer);
+
+    // The template's end-of-turn token is found and is a stop token.
+    let tokenizer = Tokenizer::from_dir(tiny_model()).unwrap();
+    let template = ChatTemplate::from_tokenizer(&tokenizer).unwrap();
+    assert_eq!(
+        template.end_of_turn(&tokenizer),
+        tokenizer.token_to_id("<|im_end|>")
+    );
+}
+
+#[test]
+fn eval_on_text_and_on_token_ids_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let text = dir.path().join("docs.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| serde_json::json!({"id": i, "text": DOCS[i % 3]}).to_string())
+        .collect();
+    std::fs::write(&text, lines.join("\n")).unwrap();
+    let tokenizer = Tokenizer::from_dir(model).unwrap();
+    let docs: Vec<Vec<u32>> = (0..12)
+        .map(|i| tokenizer.encode(DOCS[i % 3]).unwrap())
+        .collect();
+    let ids = dir.path().join("docs.json");
+    std::fs::write(&ids, serde_json::to_string(&docs).unwrap()).unwrap();
+
+    let report = |data: &Path, name: &str| -> Value {
+        let json = dir.path().join(name);
+        let out = ok(&[
+            "eval",
+            path(model),
+            "--data",
+            path(data),
+            "--window",
+            "32",
+            "--batch",
+            "3",
+            "--json",
+            path(&json),
+        ]);
+        assert!(out.contains("perplexity"), "{out}");
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+    let from_text = report(&text, "text.json");
+    let from_ids = report(&ids, "ids.json");
+    let stream = docs.iter().map(|d| d.len() + 1).sum::<usize>();
+    assert_eq!(from_text["stream_tokens"], stream);
+    assert_eq!(from_text["data_format"], "text");
+    assert_eq!(from_ids["data_format"], "ids");
+    // Fewer than the default 64 windows: all the stream holds.
+    assert_eq!(from_text["windows"], stream / 32);
+    assert_eq!(from_text["stride"], 32);
+    assert_eq!(from_text["tokens_scored"], (stream / 32) * 31);
+    assert_eq!(from_text["data_sha256"].as_str().unwrap().len(), 64);
+    for key in [
+        "stream_tokens",
+        "windows",
+        "tokens_scored",
+        "mean_nll",
+        "perplexity",
+    ] {
+        assert_eq!(from_text[key], from_ids[key], "{key}");
+    }
+    let ppl = from_text["perplexity"].as_f64().unwrap();
+    let nll = from_text["mean_nll"].as_f64().unwrap();
+    assert!(ppl > 1.0 && (ppl - nll.exp()).abs() < 1e-9, "{ppl} {nll}");
+}
+
+#[test]
+fn bad_input_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-model");
+    for args in [
+        vec!["info", path(&missing)],
+        vec!["generate", path(&missing), "--prompt", "x"],
+        vec!["eval", path(&missing), "--data", path(&missing)],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("no-such-model"), "{args:?}: {err}");
+    }
+    let model = path(tiny_model());
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let err = fails(&["eval", model, "--data", path(&empty)]);
+    assert!(err.contains("empty.jsonl"), "{err}");
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    let err = fails(&["eval", model, "--data", path(&short)]);
+    assert!(err.contains("short.txt") && err.contains("window"), "{err}");
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, "[1, 2, 99999]").unwrap();
+    let err = fails(&["eval", model, "--data", path(&big), "--window", "2"]);
+    assert!(err.contains("big.json") && err.contains("99999"), "{err}");
+    let err = fails(&["eval", model, "--data", path(&missing)]);
+    assert!(err.contains("no-such-model"), "{err}");
+}
+
+/// Our rendering (text and ids) equals transformers' `apply_chat_template` on the fixture's
+/// template and on SmolLM2's, for conversations with and without a system turn.
+#[test]
+fn chat_templates_match_transformers() {
+    let fixture = common::hf_fixtures().join("llama_tied_gqa");
+    let conversations = serde_json::json!([
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "  spaces and\nnewlines  \n"}
+        ],
+        [{"role": "user", "content": "日本語 🦀 \"quotes\" {{ not jinja }}"}]
+    ]);
+    let templates = serde_json::json!([null, SMOLLM2]);
+    let script = r#"
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+convs, templates = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = []
+for t in templates:
+    for c in convs:
+        text = tok.apply_chat_template(c, chat_template=t, tokenize=False, add_generation_prompt=True)
+        ids = tok.apply_chat_template(c, chat_template=t, tokenize=True, add_generation_prompt=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        out.append({"text": text, "ids": list(ids)})
+print(json.dumps(out))
+"#;
+    let output = Command::new(common::python())
+        .args(["-c", script, path(&fixture)])
+        .arg(conversations.to_string())
+        .arg(templates.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let expected: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+
+    let tokenizer = Tokenizer::from_dir(&fixture).unwrap();
+    let mut smollm = tokenizer.clone();
+    smollm.chat_template = Some(SMOLLM2.to_string());
+    let mut expected = expected.iter();
+    for tok in [&tokenizer, &smollm] {
+        let template = ChatTemplate::from_tokenizer(tok).unwrap();
+        for conv in conversations.as_array().unwrap() {
+            let messages: Vec<Message> = serde_json::from_value(conv.clone()).unwrap();
+            let want = expected.next().unwrap();
+            let text = template.render(&messages, true).unwrap();
+            assert_eq!(text, want["text"].as_str().unwrap());
+            let ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
+            assert_eq!(chat::encode_prompt(tok, &text).unwrap(), ids, "{text:?}");
+        }
+        assert_eq!(template.end_of_turn(tok), tok.token_to_id("<|im_end|>"));
+    }
+}
