@@ -34,6 +34,10 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Perplexity on a fixed set of non-overlapping windows of a data file.
     Eval(cli::eval::EvalArgs),
+    /// Convert between an HF model directory and a GGUF file, either way.
+    Convert(cli::convert::ConvertArgs),
+    /// Prefill and decode tokens/s of a model.
+    Bench(cli::bench::BenchArgs),
     /// Teacher stages.
     #[command(subcommand)]
     Teacher(cli::teacher::TeacherCommand),
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Info { model } => cli::info::run(&model),
         Command::Generate(args) => cli::generate::run(&args, cli.device),
         Command::Eval(args) => cli::eval::run(&args, cli.device),
+        Command::Convert(args) => cli::convert::run(&args),
+        Command::Bench(args) => cli::bench::run(&args, cli.device),
         Command::Teacher(command) => cli::teacher::run(command, cli.device),
     };
     match result {

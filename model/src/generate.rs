@@ -16,11 +16,10 @@ pub struct GenerateConfig {
     pub sampling: SamplingConfig,
 }
 
-/// Logits of the last position of every row, `[batch][vocab]`, read back to the host.
-fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
-    let [b, s, v] = logits.dims();
-    let last = logits.narrow(1, s - 1, 1).reshape([b, v]);
-    let flat: Vec<f32> = last.into_data().try_to_vec().expect("f32 logits");
+/// Rows of `[batch, vocab]` logits, read back to the host.
+fn rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
+    let [_, v] = logits.dims();
+    let flat: Vec<f32> = logits.into_data().try_to_vec().expect("f32 logits");
     flat.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
@@ -46,7 +45,7 @@ pub fn generate(
     }
     let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, width]), device);
     let mut cache = model.new_cache(batch);
-    let mut logits = last_logits(model.forward_cached(input, Some(&mask), &mut cache));
+    let mut logits = rows(model.forward_cached_last(input, Some(&mask), &mut cache));
     // One sampler per row, seeded apart, so a row's output does not depend on its batch mates.
     let mut samplers: Vec<Sampler> = (0..batch)
         .map(|b| {
@@ -80,7 +79,7 @@ pub fn generate(
         }
         let input = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), device);
         let live: Vec<bool> = done.iter().map(|d| !d).collect();
-        logits = last_logits(model.forward_cached(input, Some(&live), &mut cache));
+        logits = rows(model.forward_cached_last(input, Some(&live), &mut cache));
     }
     out
 }
@@ -99,7 +98,9 @@ mod tests {
         for _ in 0..n {
             let len = seq.len();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(seq.clone(), [1, len]), &device);
-            let logits = last_logits(model.forward(ids, &Layout::causal(1, len)));
+            let all = model.forward(ids, &Layout::causal(1, len));
+            let vocab = all.dims()[2];
+            let logits = rows(all.narrow(1, len - 1, 1).reshape([1, vocab]));
             let next = crate::sample::Sampler::new(SamplingConfig::default()).sample(&logits[0]);
             out.push(next);
             seq.push(next as i64);

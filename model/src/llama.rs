@@ -161,12 +161,26 @@ impl Linear {
 
     /// Applies the layer to `[..., in]`, giving `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(
-            x,
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        let y = weight_times(self.weight.val(), x);
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
     }
+}
+
+/// `x Wᵀ` for `W` `[out, in]` and `x` `[..., in]`, computed as `(W xᵀ)ᵀ` so the weight, the
+/// large operand, is read in its stored row-major order. (A transposed view of `W` as the right
+/// operand makes the CPU backend copy the whole matrix on every call: ~15× slower decoding.)
+fn weight_times<const D: usize>(weight: Tensor<2>, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    let out = weight.dims()[0];
+    let x2 = x.reshape([rows, dims[D - 1]]);
+    let y = weight.matmul(x2.transpose()).transpose();
+    let mut shape = dims;
+    shape[D - 1] = out;
+    y.reshape(shape)
 }
 
 /// Token embedding table `[vocab, hidden]`.
@@ -503,7 +517,7 @@ impl LlamaForCausalLM {
 
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]` laid out as `layout` says.
     pub fn forward(&self, input_ids: Tensor<2, Int>, layout: &Layout) -> Tensor<3> {
-        self.forward_with(input_ids, layout, None, None)
+        self.forward_with(input_ids, layout, None, None, false)
     }
 
     /// Like [`forward`](Self::forward), handing each linear layer's input to `capture`.
@@ -513,7 +527,7 @@ impl LlamaForCausalLM {
         layout: &Layout,
         capture: &mut dyn InputCapture,
     ) -> Tensor<3> {
-        self.forward_with(input_ids, layout, None, Some(capture))
+        self.forward_with(input_ids, layout, None, Some(capture), false)
     }
 
     /// Runs new tokens `[batch, seq]` through the model with a KV cache; `mask` marks which of
@@ -526,7 +540,23 @@ impl LlamaForCausalLM {
     ) -> Tensor<3> {
         let [b, s] = input_ids.dims();
         let layout = cache.extend(b, s, mask);
-        self.forward_with(input_ids, &layout, Some(cache), None)
+        self.forward_with(input_ids, &layout, Some(cache), None, false)
+    }
+
+    /// Like [`forward_cached`](Self::forward_cached), but computes the output head for the
+    /// last position only, `[batch, vocab]`: all that generation needs, and for a long prompt
+    /// far less work than every position's logits.
+    pub fn forward_cached_last(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: Option<&[bool]>,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        let [b, s] = input_ids.dims();
+        let layout = cache.extend(b, s, mask);
+        let logits = self.forward_with(input_ids, &layout, Some(cache), None, true);
+        let vocab = logits.dims()[2];
+        logits.reshape([b, vocab])
     }
 
     /// An empty KV cache for `batch` sequences.
@@ -540,6 +570,7 @@ impl LlamaForCausalLM {
         layout: &Layout,
         cache: Option<&mut KvCache>,
         capture: Option<&mut dyn InputCapture>,
+        last_only: bool,
     ) -> Tensor<3> {
         let device = input_ids.device();
         let mut step = Step {
@@ -553,6 +584,12 @@ impl LlamaForCausalLM {
             let layer_cache = layer_caches.as_mut().and_then(|it| it.next());
             x = layer.forward(x, &mut step, &format!("model.layers.{i}"), layer_cache);
         }
+        let x = if last_only {
+            let s = x.dims()[1];
+            x.narrow(1, s - 1, 1)
+        } else {
+            x
+        };
         let x = self.model.norm.forward(x);
         match &self.lm_head {
             Some(head) => step.linear(head, "lm_head", x),
@@ -560,7 +597,7 @@ impl LlamaForCausalLM {
                 if let Some(capture) = step.capture.as_deref_mut() {
                     capture.capture("lm_head", &x);
                 }
-                x.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze())
+                weight_times(self.model.embed_tokens.weight.val(), x)
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The commands of the `distill` binary, one module each, and what they share.
 
+pub mod bench;
+pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod info;
