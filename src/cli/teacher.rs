@@ -76,7 +76,7 @@ fn run_pretrain(args: PretrainArgs, device: DeviceChoice) -> Result<()> {
         s.steps, s.seconds
     );
     println!(
-        "  parameters {}, training tokens {}, {} tokens/step, {:.0} tokens/s",
+        "  parameters {}, training tokens {}, {} tokens/step, {:.0} tokens/s over the whole run (loading and tokenizing included)",
         s.parameters,
         s.train_tokens,
         s.tokens_per_step,

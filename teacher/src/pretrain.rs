@@ -60,7 +60,8 @@ pub struct PretrainConfig {
     pub train_data: PathBuf,
     /// Validation text; without it the last 5% of the training tokens are held out.
     pub valid_data: Option<PathBuf>,
-    /// Continue training this HF model directory instead of starting from scratch.
+    /// Continue training this model (an HF directory or a GGUF file, dequantized to f32)
+    /// instead of starting from scratch.
     pub init: Option<PathBuf>,
     /// From scratch: a `tokenizer.json`; without one a byte-level BPE is trained on the data.
     pub tokenizer: Option<PathBuf>,
@@ -95,6 +96,9 @@ pub enum PretrainError {
     /// Unusable training or validation text.
     #[error(transparent)]
     Data(#[from] data::DataError),
+    /// A GGUF file that cannot be read.
+    #[error(transparent)]
+    Gguf(#[from] distill_model::gguf::GgufError),
     /// A model directory that cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -235,7 +239,14 @@ pub fn run(
 
     let (model, tokenizer, model_config, generation_config) = match &config.init {
         Some(dir) => {
-            let m = checkpoint::load_dir(dir, &device)?;
+            let m = if dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                distill_model::gguf::load(dir, &device)?
+            } else {
+                checkpoint::load_dir(dir, &device)?
+            };
             let tokenizer = m.tokenizer.ok_or_else(|| {
                 PretrainError::Config(format!(
                     "{}: no tokenizer.json: a model to continue needs its tokenizer",

@@ -11,8 +11,9 @@
 //!   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`; we build
 //!   `Split(\p{N}, Isolated)` then `ByteLevel` with its regex, which is what SmolLM2's own
 //!   `tokenizer.json` does (`Digits(individual_digits)` + `ByteLevel`). transformers 5.x has no
-//!   entry for these names and uses the GPT-2 regex alone; on SmolLM2's vocabulary, which has no
-//!   multi-digit tokens, both give the same ids.
+//!   entry for these names and uses the GPT-2 regex alone, which tokenizes a run of spaces
+//!   before a digit differently: on the man-page test split it gives 103,223 tokens where
+//!   SmolLM2's own tokenizer and ours give 102,654. Compare models on token ids.
 //! * `llama-bpe` (Llama 3 and kin) and `qwen2`: transformers' single split regex, then
 //!   `ByteLevel` without its own.
 
