@@ -101,11 +101,15 @@ fn positions_after(before: usize, row: &[bool]) -> Vec<i64> {
         .collect()
 }
 
+/// One layer's cached keys and values, `[batch, kv_heads, tokens, head_dim]` each (after
+/// RoPE); `None` before the first token.
+pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
 /// Keys and values of every layer for the tokens seen so far, with their padding mask.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// Per layer, `[batch, kv_heads, tokens, head_dim]` keys and values (after RoPE).
-    pub(crate) layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Per layer, its keys and values.
+    pub(crate) layers: Vec<LayerCache>,
     /// Per row, which cached tokens are real.
     mask: Vec<Vec<bool>>,
 }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod layout;
 pub mod llama;
+pub mod load;
 pub mod loss;
 pub mod sample;
 pub mod tokenizer;

@@ -7,7 +7,7 @@
 
 use crate::capture::InputCapture;
 use crate::config::LlamaConfig;
-use crate::layout::{KvCache, Layout};
+use crate::layout::{KvCache, LayerCache, Layout};
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
@@ -322,7 +322,7 @@ impl Attention {
         x: Tensor<3>,
         step: &mut Step,
         name: &str,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -426,7 +426,7 @@ impl DecoderLayer {
         x: Tensor<3>,
         step: &mut Step,
         name: &str,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let h = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),

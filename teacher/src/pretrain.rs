@@ -96,9 +96,9 @@ pub enum PretrainError {
     /// Unusable training or validation text.
     #[error(transparent)]
     Data(#[from] data::DataError),
-    /// A GGUF file that cannot be read.
+    /// A model (HF directory or GGUF file) that cannot be read.
     #[error(transparent)]
-    Gguf(#[from] distill_model::gguf::GgufError),
+    Load(#[from] distill_model::load::LoadError),
     /// A model directory that cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -239,14 +239,7 @@ pub fn run(
 
     let (model, tokenizer, model_config, generation_config) = match &config.init {
         Some(dir) => {
-            let m = if dir
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-            {
-                distill_model::gguf::load(dir, &device)?
-            } else {
-                checkpoint::load_dir(dir, &device)?
-            };
+            let m = distill_model::load::load_model(dir, &device)?;
             let tokenizer = m.tokenizer.ok_or_else(|| {
                 PretrainError::Config(format!(
                     "{}: no tokenizer.json: a model to continue needs its tokenizer",
