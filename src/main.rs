@@ -38,6 +38,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Prefill and decode tokens/s of a model.
     Bench(cli::bench::BenchArgs),
+    /// Quantize every decoder linear layer (RTN, GPTQ, AWQ or AWQ+GPTQ) into a packed format.
+    Quantize(cli::quantize::QuantizeArgs),
     /// Teacher stages.
     #[command(subcommand)]
     Teacher(cli::teacher::TeacherCommand),
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(&args, cli.device),
         Command::Convert(args) => cli::convert::run(&args),
         Command::Bench(args) => cli::bench::run(&args, cli.device),
+        Command::Quantize(args) => cli::quantize::run(&args, cli.device),
         Command::Teacher(command) => cli::teacher::run(command, cli.device),
     };
     match result {

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use common::*;
 use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::generate::{GenerateConfig, generate};
-use distill_model::gguf::{self, GgufDtype, GgufFile};
+use distill_model::gguf::{self, GgmlType, GgufDtype, GgufFile};
 use distill_model::sample::SamplingConfig;
 use distill_model::{Layout, LlamaForCausalLM};
 use serde_json::Value;
@@ -303,4 +303,60 @@ fn smollm2_q4_1_matches_transformers() {
     ] {
         assert_eq!(meta(&a, key), meta(&b, key), "{key}");
     }
+}
+
+/// Real weights: SmolLM2's tensors (dequantized from its GGUF) quantized to Q8_0, Q4_0 and Q4_1
+/// by us and by the `gguf` package give the same bytes.
+#[test]
+#[ignore = "needs assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-assets)"]
+fn smollm2_weights_quantize_like_the_gguf_package() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        println!("skipped: {} is missing", path.display());
+        return;
+    }
+    let file = GgufFile::open(&path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = 0usize;
+    for name in [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.7.ffn_down.weight",
+        "blk.29.ffn_gate.weight",
+    ] {
+        let info = file.tensor(name).unwrap();
+        let shape = info.shape();
+        let cols = shape[shape.len() - 1];
+        let values = file.dequantize(info).unwrap();
+        // The embedding is large: its first 4096 rows are plenty.
+        let rows = (values.len() / cols).min(4096);
+        let values = &values[..rows * cols];
+        let input = tmp.path().join("w.f32");
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&input, bytes).unwrap();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let out = tmp.path().join(format!("w.{ty}"));
+            common::run_python(
+                "quantize_rows.py",
+                &[
+                    input.to_str().unwrap(),
+                    &rows.to_string(),
+                    &cols.to_string(),
+                    &ty.to_string(),
+                    out.to_str().unwrap(),
+                ],
+            );
+            let theirs = std::fs::read(&out).unwrap();
+            let ours = distill_quant::quantize_matrix(ty, values, rows, cols).unwrap();
+            assert!(
+                ours == theirs,
+                "{name} as {ty}: bytes differ from gguf.quants.quantize"
+            );
+            checked += rows * cols;
+        }
+    }
+    println!(
+        "SmolLM2 real weights: {checked} values quantized to Q8_0/Q4_0/Q4_1, bytes equal to gguf.quants.quantize"
+    );
 }

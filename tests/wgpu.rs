@@ -71,3 +71,144 @@ fn wgpu_forward_and_decoding_match_the_cpu() {
     println!("wgpu vs flex cached decoding: max |Δ| = {worst:e}");
     assert!(worst <= 1e-4, "cached decoding differs by {worst}");
 }
+
+/// xorshift64: uniform `f32` in `[-1, 1)`, no extra dev-dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// `distill_quant::reference` (dequantize, then a sequential dot) for each token.
+fn packed_reference(m: &distill_quant::PackedMatrix, x: &[f32]) -> Vec<f32> {
+    use distill_quant::{PackedMatrix, reference};
+    x.chunks(m.cols())
+        .flat_map(|xt| match m {
+            PackedMatrix::Int(q) => reference::matvec(q, xt).unwrap(),
+            PackedMatrix::Ggml(g) => reference::ggml_matvec(g, xt).unwrap(),
+        })
+        .collect()
+}
+
+/// Every packed format, through both kernels (1 token: mat-vec; 7 tokens: tiled), against the
+/// CPU reference. Four shaders in all (two kernels × 4/8-bit codes).
+#[test]
+fn packed_linear_matches_the_cpu_reference_for_every_format() {
+    use distill_quant::cube::{CubeError, DECODE_MAX_TOKENS, DevicePacked, packed_linear};
+    use distill_quant::{Format, PackedMatrix};
+
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)");
+    println!("packed_linear on {gpu:?}");
+    let start = std::time::Instant::now();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    const { assert!(DECODE_MAX_TOKENS < 7, "7 tokens must take the tiled kernel") };
+    // Relative to max(1, max |reference|); the outputs are O(5) here.
+    const TOL: f32 = 1e-4;
+
+    let on_cpu = PackedMatrix::quantize_rtn(&rng.vec(64), 2, 32, "q4_0".parse().unwrap());
+    let on_cpu = DevicePacked::upload(&on_cpu.unwrap(), &Device::flex());
+    assert!(matches!(on_cpu, Err(CubeError::NotCubeDevice(_))));
+
+    for name in Format::NAMES {
+        let format = match name.strip_prefix("int4-asym-") {
+            Some(g) => Format::from_cli(&format!("int4-{g}"), true),
+            None => Format::from_cli(name, false),
+        }
+        .unwrap();
+        let mut shapes = vec![(96, 128), (64, 256), (37, 128)];
+        if name == "int8" {
+            shapes.push((29, 102)); // rows padded to whole words
+        }
+        let (mut worst, mut worst_abs) = (0f32, 0f32);
+        for (i, &(rows, cols)) in shapes.iter().enumerate() {
+            let m = PackedMatrix::quantize_rtn(&rng.vec(rows * cols), rows, cols, format).unwrap();
+            let w = DevicePacked::upload(&m, &gpu).unwrap();
+            assert_eq!((w.rows(), w.cols(), w.format()), (rows, cols, format));
+            for tokens in [1, 7] {
+                let x = rng.vec(tokens * cols);
+                let want = packed_reference(&m, &x);
+                let input = match i {
+                    // A strided (transposed) input, on an autodiff device.
+                    1 => Tensor::<2>::from_data(
+                        TensorData::new(transpose(&x, tokens, cols), [cols, tokens]),
+                        &gpu.clone().autodiff(),
+                    )
+                    .transpose(),
+                    _ => Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &gpu),
+                };
+                let y = packed_linear(input, &w);
+                assert_eq!(y.dims(), [tokens, rows]);
+                let got: Vec<f32> = y.into_data().try_to_vec().unwrap();
+                let abs = max_diff(&got, &want);
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                worst_abs = worst_abs.max(abs);
+                worst = worst.max(abs / scale);
+            }
+        }
+        println!("packed_linear {name}: max |Δ| = {worst_abs:e}, relative {worst:e}");
+        assert!(worst <= TOL, "{name}: relative error {worst}");
+    }
+    println!("packed_linear: all formats in {:.1?}", start.elapsed());
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| x[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+/// A quantized model (4-bit and 8-bit codes) saved, then loaded on WGPU: its packed layers run
+/// the cubecl kernels and give the CPU kernels' logits, in a full forward and in cached decoding.
+#[test]
+fn quantized_model_on_wgpu_matches_the_cpu() {
+    use distill_student::quantize::{Method, QuantizeConfig, quantize_model};
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)");
+    let cpu = Device::flex();
+    let dense = tiny_model_dir();
+    for scheme in ["int4-asym-g32", "q8_0"] {
+        let mut m = checkpoint::load_dir(dense.path(), &cpu).unwrap();
+        let config = QuantizeConfig::new(scheme.parse().unwrap(), Method::Rtn);
+        quantize_model(&mut m.model, &config, None, &cpu, |_| {}).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint::save_dir(dir.path(), &m, SaveOptions::default()).unwrap();
+        let on_cpu = checkpoint::load_dir(dir.path(), &cpu).unwrap().model;
+        let on_gpu = checkpoint::load_dir(dir.path(), &gpu).unwrap().model;
+        assert_eq!(on_gpu.packed_weights().len(), 14);
+        let (b, s) = (2, 9);
+        let ids: Vec<i64> = (0..b * s).map(|i| ((i * 29 + 3) % 96) as i64).collect();
+        let layout = Layout::causal(b, s);
+        let input =
+            |d: &Device| Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, s]), d);
+        let diff = max_diff(
+            &to_vec(on_cpu.forward(input(&cpu), &layout)),
+            &to_vec(on_gpu.forward(input(&gpu), &layout)),
+        );
+        // Decoding one token at a time on the GPU against the CPU's forward over the whole
+        // sequence (the CPU's own one-token kernel rounds activations to int8 blocks).
+        let steps: Vec<i64> = vec![1, 8, 15, 22];
+        let whole = Tensor::<2, Int>::from_data(TensorData::new(steps.clone(), [1, 4]), &cpu);
+        let want = to_vec(on_cpu.forward(whole, &Layout::causal(1, 4)));
+        let mut cache_gpu = on_gpu.new_cache(1);
+        let mut got = Vec::new();
+        for &t in &steps {
+            let x = Tensor::<2, Int>::from_data(TensorData::new(vec![t], [1, 1]), &gpu);
+            got.extend(to_vec(on_gpu.forward_cached(x, None, &mut cache_gpu)));
+        }
+        let worst = max_diff(&want, &got);
+        println!("{scheme}: wgpu vs flex forward max |Δ| = {diff:e}, decoding {worst:e}");
+        assert!(diff <= 1e-4 && worst <= 1e-4, "{scheme}: {diff} / {worst}");
+    }
+}

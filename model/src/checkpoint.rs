@@ -7,9 +7,11 @@
 use crate::config::{ConfigError, LlamaConfig};
 use crate::fsutil::{write_atomic, write_json_atomic};
 use crate::llama::{Init, LlamaForCausalLM, ParamSource};
+use crate::quantized::{self, RawTensor};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+use distill_quant::{Format, PackedMatrix};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata, TensorView};
@@ -167,11 +169,32 @@ pub fn tensor_infos(path: &Path) -> Result<Vec<(String, Dtype, Vec<usize>)>, Che
     Ok(infos)
 }
 
+/// The quantization header of a safetensors file (see [`quantized`]), if it has one.
+pub fn quantization_header(path: &Path) -> Result<Option<Value>, CheckpointError> {
+    let file = MappedFile::open(path)?;
+    let Some(text) = file
+        .metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(quantized::METADATA_KEY))
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(text).map(Some).map_err(|e| {
+        file_err(
+            path,
+            format!("{}: not valid JSON: {e}", quantized::METADATA_KEY),
+        )
+    })
+}
+
 /// Tensors read by name from one or more safetensors files (a sharded checkpoint).
 pub struct SafetensorsSource {
     files: Vec<MappedFile>,
     owner: HashMap<String, usize>,
     used: HashSet<String>,
+    /// Packed weights named in the files' quantization headers: format and `[rows, cols]`.
+    packed: HashMap<String, (Format, [usize; 2])>,
     device: Device,
 }
 
@@ -180,8 +203,24 @@ impl SafetensorsSource {
     pub fn open(paths: &[PathBuf], device: &Device) -> Result<Self, CheckpointError> {
         let mut files = Vec::new();
         let mut owner = HashMap::new();
+        let mut packed = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let file = MappedFile::open(path)?;
+            let header = file
+                .metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(quantized::METADATA_KEY));
+            if let Some(text) = header {
+                let value: Value = serde_json::from_str(text).map_err(|e| {
+                    file_err(
+                        path,
+                        format!("{}: not valid JSON: {e}", quantized::METADATA_KEY),
+                    )
+                })?;
+                let formats = quantized::header_formats(&value).map_err(|e| file_err(path, e))?;
+                packed.extend(formats);
+            }
             for name in file.metadata.tensors().into_keys() {
                 if owner.insert(name.clone(), i).is_some() {
                     return Err(CheckpointError::Tensor {
@@ -197,6 +236,7 @@ impl SafetensorsSource {
             files,
             owner,
             used: HashSet::new(),
+            packed,
             device: device.clone(),
         })
     }
@@ -295,6 +335,46 @@ impl ParamSource for SafetensorsSource {
             TensorData::new(values, shape),
             &self.device,
         ))
+    }
+
+    fn packed(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<PackedMatrix>, CheckpointError> {
+        let Some(&(format, shape)) = self.packed.get(name) else {
+            return Ok(None);
+        };
+        let path = self
+            .owner
+            .get(&format!("{name}.qweight"))
+            .map_or_else(PathBuf::new, |&i| self.files[i].path.clone());
+        let err = |reason: String| CheckpointError::Tensor {
+            path: path.clone(),
+            tensor: name.into(),
+            reason,
+        };
+        if shape != [rows, cols] {
+            return Err(err(format!(
+                "packed shape {shape:?}, expected {:?}",
+                [rows, cols]
+            )));
+        }
+        let (files, owner) = (&self.files, &self.owner);
+        let mut used = Vec::new();
+        let m = quantized::decode(name, format, rows, cols, |part| {
+            used.push(part.to_string());
+            let file = &files[*owner.get(part)?];
+            file.view(part).map(|(d, s, b)| (d, s.to_vec(), b))
+        })
+        .map_err(err)?;
+        self.used.extend(used);
+        Ok(Some(m))
+    }
+
+    fn device(&self) -> Device {
+        self.device.clone()
     }
 }
 
@@ -396,36 +476,61 @@ pub fn save_safetensors(
     tensors: &[(String, TensorData)],
     dtype: StoreDtype,
 ) -> Result<(), CheckpointError> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let raw = tensors
         .iter()
-        .map(|(name, data)| {
-            let values = data
-                .try_to_vec::<f32>()
-                .map_err(|e| file_err(path, format!("tensor `{name}`: {e:?}")))?;
-            Ok((name.clone(), data.shape().to_vec(), dtype.encode(&values)))
-        })
-        .collect::<Result<_, CheckpointError>>()?;
-    let views = encoded
+        .map(|(name, data)| encode_dense(name, data, dtype).map_err(|e| file_err(path, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    save_raw(path, &raw, None)
+}
+
+fn encode_dense(name: &str, data: &TensorData, dtype: StoreDtype) -> Result<RawTensor, String> {
+    let values = data
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("tensor `{name}`: {e:?}"))?;
+    Ok(RawTensor {
+        name: name.to_string(),
+        dtype: dtype.safetensors(),
+        shape: data.shape().to_vec(),
+        bytes: dtype.encode(&values),
+    })
+}
+
+/// Writes encoded tensors to one safetensors file atomically, with `quant_header` (the
+/// [`quantized`] header) in its metadata when given.
+pub fn save_raw(
+    path: &Path,
+    tensors: &[RawTensor],
+    quant_header: Option<&Value>,
+) -> Result<(), CheckpointError> {
+    let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(dtype.safetensors(), shape.clone(), bytes)
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.as_str(), v))
+                .map_err(|e| file_err(path, format!("tensor `{}`: {e}", t.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let mut metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    if let Some(h) = quant_header {
+        metadata.insert(quantized::METADATA_KEY.to_string(), h.to_string());
+    }
     let bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(metadata))
         .map_err(|e| file_err(path, e))?;
     write_atomic(path, |out| std::io::Write::write_all(out, &bytes)).map_err(|e| file_err(path, e))
 }
 
 /// How to write a model directory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SaveOptions {
-    /// Float type of the stored weights.
+    /// Float type of the stored (dense) weights.
     pub dtype: StoreDtype,
     /// Largest shard in bytes; a bigger model is split into shards with an index.
     pub max_shard_bytes: usize,
+    /// Write packed (quantized) weights as dense `dtype` tensors, for tools that only read
+    /// float checkpoints (transformers). Otherwise they stay packed (see [`quantized`]).
+    pub dequantize: bool,
+    /// Extra keys for the quantization header (method, calibration), when weights are packed.
+    pub quantization: Option<Value>,
 }
 
 impl Default for SaveOptions {
@@ -433,6 +538,8 @@ impl Default for SaveOptions {
         Self {
             dtype: StoreDtype::F32,
             max_shard_bytes: 5 << 30,
+            dequantize: false,
+            quantization: None,
         }
     }
 }
@@ -440,37 +547,49 @@ impl Default for SaveOptions {
 /// Writes an HF model directory that transformers loads with `from_pretrained`.
 pub fn save_dir(dir: &Path, m: &ModelDir, options: SaveOptions) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let tensors = named_tensors(&m.model);
-    let bytes_per = match options.dtype {
-        StoreDtype::F32 => 4,
-        _ => 2,
-    };
+    let mut tensors = named_tensors(&m.model)
+        .into_iter()
+        .map(|(name, data)| encode_dense(&name, &data, options.dtype).map_err(|e| file_err(dir, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let packed = m.model.packed_weights();
+    for (name, p) in &packed {
+        if options.dequantize {
+            let data = TensorData::new(p.dequantize(), [p.rows(), p.cols()]);
+            tensors.push(encode_dense(name, &data, options.dtype).map_err(|e| file_err(dir, e))?);
+        } else {
+            tensors.extend(quantized::encode(name, p));
+        }
+    }
+    let header = (!packed.is_empty() && !options.dequantize).then(|| {
+        let extra = options.quantization.clone().unwrap_or(Value::Null);
+        quantized::header(&packed, &extra)
+    });
     // Greedy shards in module order, as transformers does.
-    let mut shards: Vec<Vec<(String, TensorData)>> = vec![Vec::new()];
+    let mut shards: Vec<Vec<RawTensor>> = vec![Vec::new()];
     let mut size = 0usize;
     let mut total = 0usize;
-    for (name, data) in tensors {
-        let bytes = data.num_elements() * bytes_per;
+    for t in tensors {
+        let bytes = t.bytes.len();
         if size > 0 && size + bytes > options.max_shard_bytes {
             shards.push(Vec::new());
             size = 0;
         }
         size += bytes;
         total += bytes;
-        shards.last_mut().expect("one shard").push((name, data));
+        shards.last_mut().expect("one shard").push(t);
     }
     let stale = SafetensorsSource::dir_files(dir).unwrap_or_default();
     if shards.len() == 1 {
-        save_safetensors(&dir.join("model.safetensors"), &shards[0], options.dtype)?;
+        save_raw(&dir.join("model.safetensors"), &shards[0], header.as_ref())?;
         let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
     } else {
         let n = shards.len();
         let mut weight_map = BTreeMap::new();
         for (i, shard) in shards.iter().enumerate() {
             let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-            save_safetensors(&dir.join(&file), shard, options.dtype)?;
-            for (name, _) in shard {
-                weight_map.insert(name.clone(), file.clone());
+            save_raw(&dir.join(&file), shard, header.as_ref())?;
+            for t in shard {
+                weight_map.insert(t.name.clone(), file.clone());
             }
         }
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
@@ -556,6 +675,7 @@ mod tests {
             let options = SaveOptions {
                 dtype,
                 max_shard_bytes: shard,
+                ..SaveOptions::default()
             };
             save_dir(dir.path(), &m, options).unwrap();
             if shard < 1 << 20 {

@@ -4,6 +4,7 @@ use burn::prelude::*;
 use burn::tensor::DeviceKind;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// A backend the user can ask for with `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +38,7 @@ impl fmt::Display for DeviceChoice {
 }
 
 /// No WGPU adapter could be opened.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "no WGPU adapter found (GPU: {gpu}; software: {software}). Install a Vulkan driver: your \
      GPU vendor's, or Mesa's software rasterizer for a machine without a GPU \
@@ -49,27 +50,32 @@ pub struct NoAdapter {
 }
 
 impl DeviceChoice {
-    /// Opens the device. For WGPU, a real GPU is preferred, then a CPU adapter.
+    /// Opens the device. For WGPU, a real GPU is preferred, then a CPU adapter; the adapter is
+    /// opened once per process (burn's WGPU runtime registers only once).
     pub fn open(self) -> Result<Device, NoAdapter> {
+        static WGPU: OnceLock<Result<Device, NoAdapter>> = OnceLock::new();
         match self {
             Self::Flex => Ok(Device::flex()),
-            Self::Wgpu => {
-                let open = |kind| Device::wgpu_options().device_kind(kind).init();
-                match open(DeviceKind::DefaultDevice) {
-                    Ok(device) => Ok(device),
-                    Err(gpu) => match open(DeviceKind::Cpu) {
-                        Ok(device) => {
-                            tracing::info!("no GPU adapter ({gpu}); using a software adapter");
-                            Ok(device)
-                        }
-                        Err(software) => Err(NoAdapter {
-                            gpu: gpu.to_string(),
-                            software: software.to_string(),
-                        }),
-                    },
-                }
-            }
+            Self::Wgpu => WGPU.get_or_init(open_wgpu).clone(),
         }
+    }
+}
+
+/// A real GPU adapter if there is one, else a CPU (software) adapter.
+fn open_wgpu() -> Result<Device, NoAdapter> {
+    let open = |kind| Device::wgpu_options().device_kind(kind).init();
+    match open(DeviceKind::DefaultDevice) {
+        Ok(device) => Ok(device),
+        Err(gpu) => match open(DeviceKind::Cpu) {
+            Ok(device) => {
+                tracing::info!("no GPU adapter ({gpu}); using a software adapter");
+                Ok(device)
+            }
+            Err(software) => Err(NoAdapter {
+                gpu: gpu.to_string(),
+                software: software.to_string(),
+            }),
+        },
     }
 }
 

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod llama;
 pub mod load;
 pub mod loss;
+pub mod quantized;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

@@ -8,9 +8,11 @@
 use crate::capture::InputCapture;
 use crate::config::LlamaConfig;
 use crate::layout::{KvCache, LayerCache, Layout};
+use crate::quantized::PackedWeight;
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use distill_quant::PackedMatrix;
 
 /// Where a module's parameters come from: a checkpoint, or a fresh initialization.
 pub trait ParamSource {
@@ -23,6 +25,21 @@ pub trait ParamSource {
         shape: [usize; D],
         init: Init,
     ) -> Result<Tensor<D>, Self::Error>;
+
+    /// The packed (quantized) weight `name` of a `[rows, cols]` linear layer, when the source
+    /// holds that weight packed rather than as floats.
+    fn packed(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<PackedMatrix>, Self::Error> {
+        let _ = (name, rows, cols);
+        Ok(None)
+    }
+
+    /// The device the model is built on.
+    fn device(&self) -> Device;
 }
 
 /// How a fresh parameter is initialized, as in HF's `_init_weights`.
@@ -66,6 +83,10 @@ impl ParamSource for FreshInit {
             Init::Ones => Tensor::ones(shape, &self.device),
             Init::Zeros => Tensor::zeros(shape, &self.device),
         })
+    }
+
+    fn device(&self) -> Device {
+        self.device.clone()
     }
 }
 
@@ -122,13 +143,17 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A linear layer with HF's `[out, in]` weight layout: `y = x Wᵀ + b`.
+/// A linear layer with HF's `[out, in]` weight layout: `y = x Wᵀ + b`. The weight is either
+/// dense floats (trainable) or packed in a quantized format (inference only).
 #[derive(Module, Debug)]
 pub struct Linear {
-    /// `[out_features, in_features]`.
-    pub weight: Param<Tensor<2>>,
+    /// `[out_features, in_features]`; `None` when the weight is packed.
+    pub weight: Option<Param<Tensor<2>>>,
     /// `[out_features]`, when the layer has a bias.
     pub bias: Option<Param<Tensor<1>>>,
+    /// The quantized weight, when the layer is packed.
+    #[module(skip)]
+    pub packed: Option<PackedWeight>,
 }
 
 impl Linear {
@@ -140,12 +165,14 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self, S::Error> {
-        let weight = param(
-            src,
-            &join(name, "weight"),
-            [out_features, in_features],
-            Init::Normal,
-        )?;
+        let weight_name = join(name, "weight");
+        let (weight, packed) = match src.packed(&weight_name, out_features, in_features)? {
+            Some(m) => (None, Some(PackedWeight::new(m, &src.device()))),
+            None => {
+                let w = param(src, &weight_name, [out_features, in_features], Init::Normal)?;
+                (Some(w), None)
+            }
+        };
         let bias = if bias {
             Some(param(
                 src,
@@ -156,16 +183,56 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed,
+        })
     }
 
     /// Applies the layer to `[..., in]`, giving `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = weight_times(self.weight.val(), x);
+        let y = match (&self.packed, &self.weight) {
+            (Some(p), _) => p.forward(x),
+            (None, Some(w)) => weight_times(w.val(), x),
+            (None, None) => unreachable!("a linear layer has a dense or a packed weight"),
+        };
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
         }
+    }
+
+    /// `[out_features, in_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match (&self.packed, &self.weight) {
+            (Some(p), _) => [p.matrix().rows(), p.matrix().cols()],
+            (None, Some(w)) => w.val().dims(),
+            (None, None) => [0, 0],
+        }
+    }
+
+    /// The weight as row-major `f32` values (dequantized when packed).
+    pub fn weight_values(&self) -> Vec<f32> {
+        match (&self.packed, &self.weight) {
+            (Some(p), _) => p.matrix().dequantize(),
+            (None, Some(w)) => w.val().into_data().try_to_vec().unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Replaces the weight with a packed one of the same shape, on the layer's device.
+    pub fn set_packed(&mut self, m: PackedMatrix, device: &Device) {
+        debug_assert_eq!([m.rows(), m.cols()], self.dims());
+        self.packed = Some(PackedWeight::new(m, device));
+        self.weight = None;
+    }
+
+    /// Replaces the weight with dense `[out, in]` values (e.g. after AWQ scaling), on `device`.
+    pub fn set_dense(&mut self, name: &str, values: Vec<f32>, dims: [usize; 2], device: &Device) {
+        let t = Tensor::from_data(TensorData::new(values, dims), device);
+        self.weight = Some(Param::initialized(param_id(&join(name, "weight")), t));
+        self.packed = None;
     }
 }
 
@@ -530,6 +597,46 @@ impl LlamaForCausalLM {
         self.forward_with(input_ids, layout, None, Some(capture), false)
     }
 
+    /// The token embeddings `[batch, seq, hidden]` of `input_ids`: the input of layer 0.
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.model.embed_tokens.forward(input_ids)
+    }
+
+    /// Runs decoder layer `i` alone on hidden states `x` laid out as `layout`, handing its
+    /// linear layers' inputs to `capture` when given (layer-by-layer calibration).
+    pub fn decoder_layer(
+        &self,
+        i: usize,
+        x: Tensor<3>,
+        layout: &Layout,
+        capture: Option<&mut dyn InputCapture>,
+    ) -> Tensor<3> {
+        let device = x.device();
+        let mut step = Step {
+            rope: Rope::new(layout, self.head_dim, self.rope_theta, &device),
+            bias: layout.attention_bias(&device),
+            capture,
+        };
+        self.model.layers[i].forward(x, &mut step, &format!("model.layers.{i}"), None)
+    }
+
+    /// Hands each decoder linear layer's input to `capture` and stops before the output head
+    /// (what calibration needs); returns the final normed hidden states `[batch, seq, hidden]`.
+    pub fn capture_decoder_inputs(
+        &self,
+        input_ids: Tensor<2, Int>,
+        layout: &Layout,
+        capture: &mut dyn InputCapture,
+    ) -> Tensor<3> {
+        let mut step = Step {
+            rope: Rope::new(layout, self.head_dim, self.rope_theta, &input_ids.device()),
+            bias: layout.attention_bias(&input_ids.device()),
+            capture: Some(capture),
+        };
+        let x = self.decoder(input_ids, &mut step, None);
+        self.model.norm.forward(x)
+    }
+
     /// Runs new tokens `[batch, seq]` through the model with a KV cache; `mask` marks which of
     /// them are real (left padding in a prompt), `None` meaning all. Returns their logits.
     pub fn forward_cached(
@@ -559,9 +666,110 @@ impl LlamaForCausalLM {
         logits.reshape([b, vocab])
     }
 
+    /// Every linear layer with its HF module name (`model.layers.0.self_attn.q_proj`), in
+    /// module order; `lm_head` when untied.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            for (n, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{n}"), lin));
+            }
+        }
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head".to_string(), h));
+        }
+        out
+    }
+
+    /// The linear layer called `name` (as [`linears`](Self::linears) names them).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        if name == "lm_head" {
+            return self.lm_head.as_mut();
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (i, module) = rest.split_once('.')?;
+        let l = self.model.layers.get_mut(i.parse::<usize>().ok()?)?;
+        Some(match module {
+            "self_attn.q_proj" => &mut l.self_attn.q_proj,
+            "self_attn.k_proj" => &mut l.self_attn.k_proj,
+            "self_attn.v_proj" => &mut l.self_attn.v_proj,
+            "self_attn.o_proj" => &mut l.self_attn.o_proj,
+            "mlp.gate_proj" => &mut l.mlp.gate_proj,
+            "mlp.up_proj" => &mut l.mlp.up_proj,
+            "mlp.down_proj" => &mut l.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// Every packed weight with its HF parameter name (`...q_proj.weight`).
+    pub fn packed_weights(&self) -> Vec<(String, &PackedMatrix)> {
+        self.linears()
+            .into_iter()
+            .filter_map(|(n, l)| {
+                l.packed
+                    .as_ref()
+                    .map(|p| (format!("{n}.weight"), p.matrix()))
+            })
+            .collect()
+    }
+
+    /// Bytes of weights one decoding step reads: every linear layer (packed or f32) and the
+    /// output head (the f32 embedding when tied); the few rows of the embedding looked up and
+    /// the norms are left out.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let linears: usize = self
+            .linears()
+            .iter()
+            .map(|(_, l)| match &l.packed {
+                Some(p) => p.matrix().storage_bytes(),
+                None => l.dims().iter().product::<usize>() * 4,
+            })
+            .sum();
+        let head = match &self.lm_head {
+            Some(_) => 0,
+            None => {
+                self.model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .dims()
+                    .iter()
+                    .product::<usize>()
+                    * 4
+            }
+        };
+        linears + head
+    }
+
     /// An empty KV cache for `batch` sequences.
     pub fn new_cache(&self, batch: usize) -> KvCache {
         KvCache::new(self.model.layers.len(), batch)
+    }
+
+    /// The embedding and every decoder layer.
+    fn decoder(
+        &self,
+        input_ids: Tensor<2, Int>,
+        step: &mut Step,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut layer_caches = cache.map(|c| c.layers.iter_mut());
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = layer_caches.as_mut().and_then(|it| it.next());
+            x = layer.forward(x, step, &format!("model.layers.{i}"), layer_cache);
+        }
+        x
     }
 
     fn forward_with(
@@ -578,12 +786,7 @@ impl LlamaForCausalLM {
             bias: layout.attention_bias(&device),
             capture,
         };
-        let mut x = self.model.embed_tokens.forward(input_ids);
-        let mut layer_caches = cache.map(|c| c.layers.iter_mut());
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let layer_cache = layer_caches.as_mut().and_then(|it| it.next());
-            x = layer.forward(x, &mut step, &format!("model.layers.{i}"), layer_cache);
-        }
+        let x = self.decoder(input_ids, &mut step, cache);
         let x = if last_only {
             let s = x.dims()[1];
             x.narrow(1, s - 1, 1)

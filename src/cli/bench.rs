@@ -1,17 +1,25 @@
 //! `distill bench MODEL`: prefill and decode speed of a model on the chosen device, the way
 //! generation runs it (KV cache, logits of the last position only).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::prelude::*;
 use clap::Args;
+use distill_model::LlamaConfig;
 use distill_model::device::DeviceChoice;
+use distill_quant::Format;
+use distill_student::quantize::{Method, QuantizeConfig, quantize_model};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// An HF model directory or a GGUF file.
+    /// An HF model directory (dense or quantized), a GGUF file, or a `config.json` file: an
+    /// architecture with random weights (speed does not depend on the values).
     model: PathBuf,
+    /// Round-to-nearest quantize the decoder's linear layers to this scheme first (int8,
+    /// int4-g64, q4_0, ...): speed only; `distill quantize` makes models worth evaluating.
+    #[arg(long)]
+    quantize: Option<String>,
     /// Prompt tokens prefilled in one forward.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -34,8 +42,25 @@ pub fn run(args: &BenchArgs, choice: DeviceChoice) -> Result<()> {
         "--prompt-tokens, --decode-tokens and --repeats must be at least 1"
     );
     let device = choice.open()?;
-    let m = super::load_model(&args.model, &device)?;
-    let vocab = m.config.vocab_size as i64;
+    let (config, mut model) = if args.model.extension().is_some_and(|e| e == "json") {
+        let config = LlamaConfig::from_file(&args.model)?;
+        let model = config.init(&device, 0);
+        (config, model)
+    } else {
+        let m = super::load_model(&args.model, &device)?;
+        (m.config, m.model)
+    };
+    if let Some(scheme) = &args.quantize {
+        let format = Format::from_cli(scheme, false).context("--quantize")?;
+        quantize_model(
+            &mut model,
+            &QuantizeConfig::new(format, Method::Rtn),
+            None,
+            &device,
+            |_| {},
+        )?;
+    }
+    let vocab = config.vocab_size as i64;
     let ids = |n: usize, offset: usize| {
         let v: Vec<i64> = (0..n)
             .map(|i| ((i + offset) as i64 * 7919) % vocab)
@@ -45,16 +70,14 @@ pub fn run(args: &BenchArgs, choice: DeviceChoice) -> Result<()> {
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..=args.repeats {
-        let mut cache = m.model.new_cache(1);
+        let mut cache = model.new_cache(1);
         let start = Instant::now();
-        let logits = m
-            .model
-            .forward_cached_last(ids(args.prompt_tokens, 0), None, &mut cache);
+        let logits = model.forward_cached_last(ids(args.prompt_tokens, 0), None, &mut cache);
         logits.into_data();
         let prefill_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
         for t in 0..args.decode_tokens {
-            let logits = m.model.forward_cached_last(ids(1, t + 1), None, &mut cache);
+            let logits = model.forward_cached_last(ids(1, t + 1), None, &mut cache);
             logits.into_data();
         }
         let decode_s = start.elapsed().as_secs_f64();
@@ -63,17 +86,24 @@ pub fn run(args: &BenchArgs, choice: DeviceChoice) -> Result<()> {
             decode.push(args.decode_tokens as f64 / decode_s);
         }
     }
+    let streamed = model.decode_weight_bytes() as f64;
+    let decode = median(decode);
     println!(
-        "model {}  device {choice}  parameters {}",
+        "model {}{}  device {choice}  parameters {}  weights read per token {:.1} MB",
         args.model.display(),
-        m.config.num_parameters()
+        args.quantize
+            .as_ref()
+            .map_or(String::new(), |q| format!(" ({q})")),
+        config.num_parameters(),
+        streamed / 1e6
     );
     println!(
-        "prefill {} tokens: {:.1} tokens/s   decode {} tokens after it: {:.1} tokens/s   (median of {})",
+        "prefill {} tokens: {:.1} tokens/s   decode {} tokens after it: {:.1} tokens/s, {:.1} GB/s of weights   (median of {})",
         args.prompt_tokens,
         median(prefill),
         args.decode_tokens,
-        median(decode),
+        decode,
+        decode * streamed / 1e9,
         args.repeats
     );
     Ok(())

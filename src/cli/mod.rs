@@ -5,6 +5,7 @@ pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod quantize;
 pub mod teacher;
 
 use anyhow::{Context, Result, bail};

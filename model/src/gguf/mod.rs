@@ -30,6 +30,7 @@ use crate::llama::{Init, LlamaForCausalLM, ParamSource};
 use crate::tokenizer::TokenizerError;
 use burn::prelude::*;
 use distill_quant::gguf::quantize_matrix;
+use distill_quant::{Format, PackedMatrix};
 use serde_json::json;
 use std::collections::HashSet;
 use std::fmt;
@@ -341,6 +342,10 @@ impl ParamSource for GgufSource<'_> {
             &self.device,
         ))
     }
+
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
 }
 
 /// Builds the model of an opened GGUF file for `config`, warning about unused tensors.
@@ -463,18 +468,67 @@ impl GgufTensor {
 }
 
 /// Every parameter of `m` encoded for a `dtype` file, in llama.cpp's names and layout.
+///
+/// A packed weight already in the GGML type that `dtype` gives it is written as it is, so the
+/// file holds exactly the bits that were evaluated; any other packed weight is dequantized and
+/// encoded afresh (with a warning). In a model with packed weights the dense matrices (the
+/// token embedding) are kept in `F32`, as they were evaluated.
 pub fn model_tensors(m: &ModelDir, dtype: GgufDtype) -> Result<Vec<GgufTensor>, String> {
-    named_tensors(&m.model)
+    let tied = m.config.tie_word_embeddings;
+    let exact_dense = !m.model.packed_weights().is_empty();
+    let mut out = named_tensors(&m.model)
         .into_iter()
         .map(|(name, data)| {
             let shape = data.shape().to_vec();
             let values = data
                 .try_to_vec::<f32>()
                 .map_err(|e| format!("`{name}`: {e:?}"))?;
-            let ty = dtype.tensor_type(&name, &shape, m.config.tie_word_embeddings);
+            let ty = if exact_dense {
+                GgmlType::F32
+            } else {
+                dtype.tensor_type(&name, &shape, tied)
+            };
             GgufTensor::from_hf(&name, &shape, &values, ty, &m.config)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    for (name, p) in m.model.packed_weights() {
+        let shape = [p.rows(), p.cols()];
+        let ty = dtype.tensor_type(&name, &shape, tied);
+        let tensor = match p {
+            PackedMatrix::Ggml(g) if g.ty() == ty => {
+                GgufTensor::from_hf_bytes(&name, &shape, ty, g.data().to_vec(), &m.config)?
+            }
+            _ => {
+                tracing::warn!(
+                    "`{name}` is packed as {}; the file stores it re-encoded as {ty}",
+                    p.format()
+                );
+                GgufTensor::from_hf(&name, &shape, &p.dequantize(), ty, &m.config)?
+            }
+        };
+        out.push(tensor);
+    }
+    Ok(out)
+}
+
+/// The GGUF file type that keeps `m`'s packed weights as they are, if they all share one GGML
+/// type (`None` for a dense model or one packed in the crate's own int8/int4 formats).
+pub fn packed_file_type(m: &ModelDir) -> Option<GgufDtype> {
+    let mut types = m
+        .model
+        .packed_weights()
+        .into_iter()
+        .map(|(_, p)| p.format());
+    let first = types.next()?;
+    if types.any(|t| t != first) {
+        return None;
+    }
+    match first {
+        Format::Ggml(GgmlType::Q8_0) => Some(GgufDtype::Q8_0),
+        Format::Ggml(GgmlType::Q4_0) => Some(GgufDtype::Q4_0),
+        Format::Ggml(GgmlType::Q4_1) => Some(GgufDtype::Q4_1),
+        _ => None,
+    }
 }
 
 /// The metadata llama.cpp needs to load and chat with `m`: `general.*`, the `{arch}.*`
