@@ -197,10 +197,12 @@ fn quantized_model_on_wgpu_matches_the_cpu() {
             &to_vec(on_gpu.forward(input(&gpu), &layout)),
         );
         // Decoding one token at a time on the GPU against the CPU's forward over the whole
-        // sequence (the CPU's own one-token kernel rounds activations to int8 blocks).
-        let steps: Vec<i64> = vec![1, 8, 15, 22];
-        let whole = Tensor::<2, Int>::from_data(TensorData::new(steps.clone(), [1, 4]), &cpu);
-        let want = to_vec(on_cpu.forward(whole, &Layout::causal(1, 4)));
+        // sequence: more tokens than the CPU's small-batch kernels take, which round
+        // activations to int8 blocks.
+        let n = distill_quant::cpu::SMALL_BATCH + 2;
+        let steps: Vec<i64> = (0..n as i64).map(|t| (t * 7 + 1) % 96).collect();
+        let whole = Tensor::<2, Int>::from_data(TensorData::new(steps.clone(), [1, n]), &cpu);
+        let want = to_vec(on_cpu.forward(whole, &Layout::causal(1, n)));
         let mut cache_gpu = on_gpu.new_cache(1);
         let mut got = Vec::new();
         for &t in &steps {

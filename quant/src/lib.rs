@@ -43,5 +43,5 @@ pub use gguf::{
     GgmlMatrix, GgmlType, dequantize_matrix, dequantize_row, quantize_matrix, quantize_row,
 };
 pub use gptq::{GptqConfig, GptqResult, GptqStats, Hessian, gptq_quantize};
-pub use grid::{Grid, GroupParams};
+pub use grid::{Grid, GroupParams, ScaleSearch};
 pub use matrix::{GROUP_SIZES, QuantizedMatrix, Scheme};

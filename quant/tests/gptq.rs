@@ -233,86 +233,102 @@ fn student_t(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 /// Weight MSE of the scale search against min/max on Student-t weights,
-/// and timings on a `[1536, 576]` layer:
+/// GPTQ's output error with it, and timings, on `[1536, 576]` and
+/// `[576, 1536]` layers (SmolLM-135M's MLP shapes):
 /// `cargo test --release --workspace --test gptq -- --ignored --nocapture`.
 #[test]
 #[ignore = "a report, not a check"]
 fn scale_search_report() {
-    let (rows, cols) = (1536, 576);
-    let mut rng = StdRng::seed_from_u64(7);
-    let w = student_t(&mut rng, rows * cols);
-    let tokens = 2048;
-    let mix: Vec<f32> = (0..cols * cols)
-        .map(|i| {
-            rng.random_range(-1.0f32..1.0) * 0.1 + if i / cols == i % cols { 1.0 } else { 0.0 }
-        })
-        .collect();
-    let z: Vec<f32> = (0..tokens * cols)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
-    let mut x = vec![0f32; tokens * cols];
-    for t in 0..tokens {
-        for k in 0..cols {
-            let zk = z[t * cols + k];
-            for (xo, &a) in x[t * cols..(t + 1) * cols].iter_mut().zip(&mix[k * cols..]) {
-                *xo += zk * a;
-            }
-        }
-    }
-    let mut h = Hessian::new(cols);
-    h.add(&x, tokens).unwrap();
     let search = ScaleSearch::default();
-    let mse = |q: &[f32]| -> f64 {
-        w.iter()
-            .zip(q)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            / w.len() as f64
-    };
     let secs = |t: Instant| t.elapsed().as_secs_f64();
     eprintln!(
-        "{rows}x{cols} Student-t(5), {} threads; weight MSE search/min-max, output error \
-         GPTQ+search/GPTQ, times in s",
+        "Student-t(5) weights; ratios search / min-max: weight MSE, GPTQ output error \
+         (lazy groups, act_order); times in s with {} threads, and ns per weight of \
+         params_search on one thread",
         rayon::current_num_threads()
     );
-    for name in FORMATS {
-        let f: Format = name.parse().unwrap();
-        let Ok(grid) = Grid::new(f, cols) else {
-            continue;
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        let mut rng = StdRng::seed_from_u64(7);
+        let w = student_t(&mut rng, rows * cols);
+        // Correlated neighbouring inputs and a few outlier channels.
+        let tokens = 2048;
+        let z: Vec<f32> = (0..tokens * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| {
+                let c = i % cols;
+                let mut v = z[i];
+                if c >= 2 {
+                    v += 0.6 * z[i - 1] + 0.3 * z[i - 2];
+                }
+                if c % 37 == 5 { v * 8.0 } else { v }
+            })
+            .collect();
+        let mut h = Hessian::new(cols);
+        h.add(&x, tokens).unwrap();
+        let mse = |q: &[f32]| -> f64 {
+            w.iter()
+                .zip(q)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
         };
-        let g = grid.group_size();
-        let deq = |(codes, params): (Vec<i8>, Vec<distill_quant::GroupParams>)| -> Vec<f32> {
-            codes
-                .iter()
-                .enumerate()
-                .map(|(i, &q)| grid.dequantize(q, &params[i / g]))
-                .collect()
-        };
-        let t = Instant::now();
-        let rtn = deq(grid.quantize_rtn(&w, rows).unwrap());
-        let t_rtn = secs(t);
-        let t = Instant::now();
-        let srch = deq(grid.quantize_search(&w, rows, &search).unwrap());
-        let t_srch = secs(t);
-        let t = Instant::now();
-        let gptq = gptq_quantize(&w, rows, cols, &h, f, &GptqConfig::default()).unwrap();
-        let t_gptq = secs(t);
-        let t = Instant::now();
-        let gptq_s =
-            gptq_quantize(&w, rows, cols, &h, f, &searched(GptqConfig::default())).unwrap();
-        let t_gptq_s = secs(t);
         let out = |q: &[f32]| {
             let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
             h.output_error(&d, rows).unwrap()
         };
-        eprintln!(
-            "{name:>15}: MSE {:.4} (rtn {:.3e} search {:.3e}); GPTQ output {:.4}; \
-             rtn {t_rtn:.3} search {t_srch:.3} gptq {t_gptq:.3} gptq+search {t_gptq_s:.3}",
-            mse(&srch) / mse(&rtn),
-            mse(&rtn),
-            mse(&srch),
-            out(&gptq_s.dequantized) / out(&gptq.dequantized),
-        );
+        eprintln!("[{rows}, {cols}]");
+        for name in FORMATS {
+            let f: Format = name.parse().unwrap();
+            let Ok(grid) = Grid::new(f, cols) else {
+                continue;
+            };
+            let g = grid.group_size();
+            let deq = |(codes, params): (Vec<i8>, Vec<distill_quant::GroupParams>)| -> Vec<f32> {
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| grid.dequantize(q, &params[i / g]))
+                    .collect()
+            };
+            let t = Instant::now();
+            let rtn = deq(grid.quantize_rtn(&w, rows).unwrap());
+            let t_rtn = secs(t);
+            let t = Instant::now();
+            let srch = deq(grid.quantize_search(&w, rows, &search).unwrap());
+            let t_srch = secs(t);
+            // One thread, best of 3: the per-group search itself.
+            let ns = (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    for grp in w.chunks(g) {
+                        std::hint::black_box(grid.params_search(grp, &search));
+                    }
+                    secs(t) * 1e9 / w.len() as f64
+                })
+                .fold(f64::INFINITY, f64::min);
+            let gptq = |config: GptqConfig| {
+                let t = Instant::now();
+                let r = gptq_quantize(&w, rows, cols, &h, f, &config).unwrap();
+                (out(&r.dequantized), secs(t))
+            };
+            let (lazy, t_gptq) = gptq(GptqConfig::default());
+            let (lazy_s, t_gptq_s) = gptq(searched(GptqConfig::default()));
+            let act = GptqConfig {
+                act_order: true,
+                ..GptqConfig::default()
+            };
+            let (act_o, _) = gptq(act.clone());
+            let (act_s, _) = gptq(searched(act));
+            eprintln!(
+                "{name:>15}: MSE {:.4}  GPTQ {:.4} act_order {:.4}  \
+                 rtn {t_rtn:.3} search {t_srch:.3} gptq {t_gptq:.3} gptq+search {t_gptq_s:.3}  \
+                 {ns:.0} ns/weight",
+                mse(&srch) / mse(&rtn),
+                lazy_s / lazy,
+                act_s / act_o,
+            );
+        }
     }
 }
 

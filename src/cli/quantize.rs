@@ -9,6 +9,7 @@ use distill_model::checkpoint::{self, SaveOptions};
 use distill_model::device::DeviceChoice;
 use distill_model::eval::{self, EvalData};
 use distill_quant::Format;
+use distill_quant::ScaleSearch;
 use distill_student::calibrate;
 use distill_student::quantize::{Method, QuantizeConfig, quantize_model_sequential};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +52,10 @@ pub struct QuantizeArgs {
     /// GPTQ: process columns by decreasing Hessian diagonal (with static groups).
     #[arg(long)]
     act_order: bool,
+    /// GPTQ: choose each group's scale by searching shrunk ranges for the least error (the
+    /// reference's `mse=True`) instead of taking the group's min and max.
+    #[arg(long)]
+    scale_search: bool,
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -77,6 +82,7 @@ pub fn run(args: &QuantizeArgs, device: DeviceChoice) -> Result<()> {
     let mut config = QuantizeConfig::new(format, method);
     config.gptq.damp = args.damp;
     config.gptq.act_order = args.act_order;
+    config.gptq.scale_search = args.scale_search.then(ScaleSearch::default);
     let device = device.open()?;
     let start = Instant::now();
     let mut m = super::load_model(&args.model, &device)?;

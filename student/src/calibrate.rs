@@ -168,7 +168,10 @@ impl LayerByLayer {
             .iter()
             .map(|w| {
                 let ids: Vec<i64> = w.iter().map(|&t| t as i64).collect();
-                model.embed(Tensor::from_data(TensorData::new(ids, [1, w.len()]), device))
+                model.embed(Tensor::from_data(
+                    TensorData::new(ids, [1, w.len()]),
+                    device,
+                ))
             })
             .collect();
         Self {
@@ -283,7 +286,11 @@ mod tests {
             assert_eq!(layer.len(), 4);
             for (k, h) in &layer {
                 let (a, b) = (h.matrix(), stats[k].matrix());
-                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                let d = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
                 let scale = b.iter().map(|v| v.abs()).fold(0.0, f64::max);
                 assert!(d <= 1e-4 * scale, "{k}: {d} vs {scale}");
             }

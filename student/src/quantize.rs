@@ -103,6 +103,9 @@ impl QuantizeConfig {
             v["gptq"] = json!({
                 "damp": self.gptq.damp, "block_size": self.gptq.block_size,
                 "act_order": self.gptq.act_order, "static_groups": self.gptq.static_groups,
+                "scale_search": self.gptq.scale_search.map(|s| json!({
+                    "norm": s.norm, "grid": s.grid, "max_shrink": s.max_shrink,
+                })),
             });
         }
         if self.method.awq() {
@@ -243,7 +246,15 @@ pub fn quantize_model(
     }
     let names = layers_to_quantize(model, config)?;
     let mut report = QuantizeReport::default();
-    quantize_layers(model, config, &names, stats.as_mut(), device, &mut on_layer, &mut report)?;
+    quantize_layers(
+        model,
+        config,
+        &names,
+        stats.as_mut(),
+        device,
+        &mut on_layer,
+        &mut report,
+    )?;
     Ok(report)
 }
 
@@ -260,7 +271,15 @@ pub fn quantize_model_sequential(
     let names = layers_to_quantize(model, config)?;
     let mut report = QuantizeReport::default();
     if !config.method.needs_calibration() {
-        quantize_layers(model, config, &names, None, device, &mut on_layer, &mut report)?;
+        quantize_layers(
+            model,
+            config,
+            &names,
+            None,
+            device,
+            &mut on_layer,
+            &mut report,
+        )?;
         return Ok(report);
     }
     if windows.is_empty() {
@@ -273,15 +292,35 @@ pub fn quantize_model_sequential(
     let mut by_layer = LayerByLayer::new(model, windows, device);
     for i in 0..model.model.layers.len() {
         let prefix = format!("model.layers.{i}.");
-        let block: Vec<String> = names.iter().filter(|n| n.starts_with(&prefix)).cloned().collect();
+        let block: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .cloned()
+            .collect();
         let mut stats = by_layer.statistics(model, i).map_err(calib_err)?;
-        quantize_layers(model, config, &block, Some(&mut stats), device, &mut on_layer, &mut report)?;
+        quantize_layers(
+            model,
+            config,
+            &block,
+            Some(&mut stats),
+            device,
+            &mut on_layer,
+            &mut report,
+        )?;
         by_layer.advance(model, i);
     }
     if names.iter().any(|n| n == "lm_head") {
         let mut stats = by_layer.head_statistics(model).map_err(calib_err)?;
         let head = ["lm_head".to_string()];
-        quantize_layers(model, config, &head, Some(&mut stats), device, &mut on_layer, &mut report)?;
+        quantize_layers(
+            model,
+            config,
+            &head,
+            Some(&mut stats),
+            device,
+            &mut on_layer,
+            &mut report,
+        )?;
     }
     Ok(report)
 }
@@ -318,7 +357,9 @@ fn quantize_layers(
 ) -> Result<(), QuantizeError> {
     let mut alphas = std::collections::BTreeMap::new();
     if config.method.awq() {
-        let stats = stats.as_deref_mut().ok_or(QuantizeError::NoStatistics(config.method))?;
+        let stats = stats
+            .as_deref_mut()
+            .ok_or(QuantizeError::NoStatistics(config.method))?;
         let keys: Vec<String> = stats.keys().cloned().collect();
         for key in keys {
             let Some(f) = feeder(model, &key) else {
@@ -394,7 +435,10 @@ fn quantize_layers(
                     .zip(packed.dequantize())
                     .map(|(a, b)| a - b)
                     .collect();
-                Some(h.output_error(&delta, rows).map_err(|e| layer_err(name, e))?)
+                Some(
+                    h.output_error(&delta, rows)
+                        .map_err(|e| layer_err(name, e))?,
+                )
             }
             None => None,
         };

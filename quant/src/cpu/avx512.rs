@@ -24,6 +24,20 @@ const IDX4: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
 /// Lane `l` takes element `l / 8` (2 blocks per 16 lanes).
 const IDX2: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
 
+/// How far ahead (bytes) the row loops prefetch the weights: the hardware
+/// prefetcher alone leaves the packed kernels short of the `f32` one's
+/// bandwidth.
+const PF: usize = 1024;
+
+/// Prefetches `n` cache lines from `p + dist`.
+#[inline(always)]
+fn prefetch(p: *const u8, dist: usize, n: usize) {
+    for i in 0..n {
+        // SAFETY: a prefetch never faults, wherever it points.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(dist + 64 * i).cast()) };
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn idx(v: &[i32; 16]) -> __m512i {
@@ -100,6 +114,7 @@ unsafe fn int8_rows(
             let mut a1 = _mm512_setzero_ps();
             let mut c = 0;
             while c + 2 <= full {
+                prefetch(w.add(64 * c), PF, 2);
                 a0 = int8_step(a0, _mm512_loadu_si512(w.add(64 * c).cast()), c, xq);
                 a1 = int8_step(a1, _mm512_loadu_si512(w.add(64 * c + 64).cast()), c + 1, xq);
                 c += 2;
@@ -192,6 +207,7 @@ unsafe fn int4_rows<const G: usize, const ASYM: bool>(
             let mut a1 = _mm512_setzero_ps();
             let mut c = 0;
             while c + 2 <= full {
+                prefetch(w.add(64 * c), PF, 2);
                 let w0 = _mm512_loadu_si512(w.add(64 * c).cast());
                 let w1 = _mm512_loadu_si512(w.add(64 * c + 64).cast());
                 a0 = int4_step::<ASYM>(
@@ -249,7 +265,7 @@ unsafe fn int4_rows<const G: usize, const ASYM: bool>(
 }
 
 /// The scales `d` of 16 GGUF blocks starting at `p` (`BS` bytes apart,
-/// `d` first, then for `Q4_1` the minimum `m`), as `(d, m)`. Lanes past
+/// `d` first, then for `Q4_1` the minimum `m`), as `(d, m)`. Lanes outside
 /// `mask` are 0.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
@@ -267,48 +283,25 @@ unsafe fn gather_scales<const BS: usize>(p: *const u8, mask: u16) -> (__m512, __
     }
 }
 
-/// Fills `cs[b] = d_b · dx_b` for the `nb` blocks of a GGUF row at `row`
-/// (zero past `nb`); returns `Σ_b (m_b + 8·d_b) · Σx_b` when `MIN`.
+/// `cs` with lane `l` taken from element `first + l / per` (`per` = lanes
+/// per block: 8 for pairs of blocks, 4 for quads).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
-unsafe fn row_scales<const BS: usize, const MIN: bool>(
-    row: *const u8,
-    nb: usize,
-    xq: &XQuant,
-    cs: &mut [f32],
-) -> f32 {
-    let mut macc = _mm512_setzero_ps();
-    for sb in 0..nb.div_ceil(16) {
-        let n = (nb - 16 * sb).min(16);
-        let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
-        // SAFETY: `cs` and the `xq` arrays hold `nb` rounded up to 16.
-        unsafe {
-            let (d, m) = gather_scales::<BS>(row.add(16 * sb * BS), mask);
-            let dx = _mm512_loadu_ps(xq.dx.as_ptr().add(16 * sb));
-            _mm512_storeu_ps(cs.as_mut_ptr().add(16 * sb), _mm512_mul_ps(d, dx));
-            if MIN {
-                // Codes are centred on 8: `d·c + m = d·(c - 8) + (m + 8d)`.
-                let fs = _mm512_loadu_ps(xq.fsum.as_ptr().add(16 * sb));
-                let m = _mm512_fmadd_ps(d, _mm512_set1_ps(8.0), m);
-                macc = _mm512_fmadd_ps(m, fs, macc);
-            }
-        }
-    }
-    if MIN { _mm512_reduce_add_ps(macc) } else { 0.0 }
+#[target_feature(enable = "avx512f")]
+fn lanes_of(cs: __m512, idx: __m512i, first: usize) -> __m512 {
+    _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32(first as i32)), cs)
 }
 
-/// One 2-block step of a `Q8_0` row.
+/// One 2-block step of a `Q8_0` row: `acc += s · Σ (w + 128)·q - 128·Σq`
+/// per lane, `s` the lanes' combined scales `d · dx`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-unsafe fn q8_0_step(acc: __m512, w: __m512i, k: usize, xq: &XQuant, cs: &[f32]) -> __m512 {
-    // SAFETY: `xq` and `cs` are padded past the row's last block pair.
+unsafe fn q8_0_step(acc: __m512, w: __m512i, k: usize, xq: &XQuant, s: __m512) -> __m512 {
+    // SAFETY: `xq` is padded past the row's last block pair.
     unsafe {
         let w = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
         let x = _mm512_loadu_si512(xq.q.as_ptr().add(64 * k).cast());
         let off = _mm512_loadu_si512(xq.lane_off.as_ptr().add(16 * k).cast());
         let isum = _mm512_dpbusd_epi32(off, w, x);
-        let s = _mm512_maskz_loadu_ps(0b11, cs.as_ptr().add(2 * k));
-        let s = _mm512_permutexvar_ps(idx(&IDX2), s);
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc)
     }
 }
@@ -327,48 +320,85 @@ unsafe fn q8_0_pair(row: *const u8, k: usize) -> __m512i {
     }
 }
 
+/// The combined scales `d_b · dx_b` of the `n <= 16` GGUF blocks `b0 ..`
+/// at `p` (lanes past `n` are 0), and for `Q4_1` (`MIN`) the per-block
+/// `(m_b + 8·d_b) · Σx_b` summed into `macc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
+unsafe fn block_scales<const BS: usize, const MIN: bool>(
+    p: *const u8,
+    b0: usize,
+    n: usize,
+    xq: &XQuant,
+    macc: &mut __m512,
+) -> __m512 {
+    let mask = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+    // SAFETY: the `xq` arrays are padded to a multiple of 16 blocks.
+    unsafe {
+        let (d, m) = gather_scales::<BS>(p, mask);
+        if MIN {
+            // Codes are centred on 8: `d·c + m = d·(c - 8) + (m + 8d)`.
+            let fs = _mm512_loadu_ps(xq.fsum.as_ptr().add(b0));
+            let m = _mm512_fmadd_ps(d, _mm512_set1_ps(8.0), m);
+            *macc = _mm512_fmadd_ps(m, fs, *macc);
+        }
+        _mm512_mul_ps(d, _mm512_loadu_ps(xq.dx.as_ptr().add(b0)))
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q8_0_rows(data: &[u8], cols: usize, xq: &XQuant, r0: usize, y: &mut [f32]) {
     const BS: usize = 34;
     let nb = cols / QK;
     let rb = nb * BS;
-    let mut cs = vec![0f32; nb.div_ceil(16) * 16];
+    let idx2 = idx(&IDX2);
     for (i, yr) in y.iter_mut().enumerate() {
         let r = r0 + i;
         debug_assert!((r + 1) * rb <= data.len());
-        // SAFETY: the row's `nb` blocks lie inside `data`, `cs` and the `xq`
-        // arrays are padded past them.
+        // SAFETY: the row's `nb` blocks lie inside `data`; the `xq` arrays
+        // are padded past them.
         unsafe {
             let row = data.as_ptr().add(r * rb);
-            row_scales::<BS, false>(row, nb, xq, &mut cs);
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
-            let pairs = nb / 2;
-            let mut k = 0;
-            while k + 2 <= pairs {
-                a0 = q8_0_step(a0, q8_0_pair(row, k), k, xq, &cs);
-                a1 = q8_0_step(a1, q8_0_pair(row, k + 1), k + 1, xq, &cs);
-                k += 2;
-            }
-            if k < pairs {
-                a0 = q8_0_step(a0, q8_0_pair(row, k), k, xq, &cs);
-                k += 1;
-            }
-            if nb % 2 == 1 {
-                let lo = _mm256_loadu_si256(row.add(2 * k * BS + 2).cast());
-                a1 = q8_0_step(a1, _mm512_zextsi256_si512(lo), k, xq, &cs);
+            let mut unused = _mm512_setzero_ps();
+            // 16 blocks (8 pairs) per scale gather.
+            for b0 in (0..nb).step_by(16) {
+                let n = (nb - b0).min(16);
+                let cs = block_scales::<BS, false>(row.add(b0 * BS), b0, n, xq, &mut unused);
+                let k0 = b0 / 2;
+                let pairs = n / 2;
+                let mut j = 0;
+                while j + 2 <= pairs {
+                    prefetch(row.add((b0 + 2 * j) * BS), PF, 3);
+                    let (s0, s1) = (lanes_of(cs, idx2, 2 * j), lanes_of(cs, idx2, 2 * j + 2));
+                    a0 = q8_0_step(a0, q8_0_pair(row, k0 + j), k0 + j, xq, s0);
+                    a1 = q8_0_step(a1, q8_0_pair(row, k0 + j + 1), k0 + j + 1, xq, s1);
+                    j += 2;
+                }
+                if j < pairs {
+                    let s0 = lanes_of(cs, idx2, 2 * j);
+                    a0 = q8_0_step(a0, q8_0_pair(row, k0 + j), k0 + j, xq, s0);
+                    j += 1;
+                }
+                if n % 2 == 1 {
+                    // The row's last block alone; the padding of `xq` is 0.
+                    let p = row.add((b0 + 2 * j) * BS + 2);
+                    let w = _mm512_zextsi256_si512(_mm256_loadu_si256(p.cast()));
+                    a1 = q8_0_step(a1, w, k0 + j, xq, lanes_of(cs, idx2, 2 * j));
+                }
             }
             *yr = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
         }
     }
 }
 
-/// One 4-block step of a `Q4_0`/`Q4_1` row: `Σ (c - 8)·q` per block, scaled
-/// (`Q4_1`'s minimum is added per row).
+/// One 4-block step of a `Q4_0`/`Q4_1` row: `Σ (c - 8)·q` per lane, scaled
+/// by the lanes' combined scales `s` (`Q4_1`'s minimum is added per row).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-unsafe fn q4_step(acc: __m512, w: __m512i, c: usize, xq: &XQuant, cs: &[f32]) -> __m512 {
-    // SAFETY: `xq` and `cs` are padded past the row's last chunk.
+unsafe fn q4_step(acc: __m512, w: __m512i, c: usize, xq: &XQuant, s: __m512) -> __m512 {
+    // SAFETY: `xq` is padded past the row's last chunk.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0f);
         let lo = _mm512_and_si512(w, m4);
@@ -378,23 +408,30 @@ unsafe fn q4_step(acc: __m512, w: __m512i, c: usize, xq: &XQuant, cs: &[f32]) ->
         let xhi = _mm512_loadu_si512(xp.add(64).cast());
         let init = _mm512_loadu_si512(xq.lane_off.as_ptr().add(16 * c).cast());
         let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
-        let s = _mm512_maskz_loadu_ps(0xf, cs.as_ptr().add(4 * c));
-        let s = _mm512_permutexvar_ps(idx(&IDX4), s);
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc)
     }
 }
 
-/// The 4 × 16 code bytes of GGUF blocks `4c .. 4c + 4` of the row at `row`.
+/// The 16 code bytes of each of the first `n <= 4` GGUF blocks at `p`
+/// (`BS` bytes apart, codes at `QOFF`), one block per 128-bit lane (zeros
+/// past `n`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn q4_quad<const BS: usize, const QOFF: usize>(row: *const u8, c: usize) -> __m512i {
+unsafe fn q4_quad<const BS: usize, const QOFF: usize>(p: *const u8, n: usize) -> __m512i {
     // SAFETY: each 16-byte load ends at its block's end.
     unsafe {
-        let p = row.add(4 * c * BS + QOFF);
-        let mut w = _mm512_castsi128_si512(_mm_loadu_si128(p.cast()));
-        w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(BS).cast()));
-        w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * BS).cast()));
-        _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * BS).cast()))
+        let p = p.add(QOFF);
+        let mut w = _mm512_zextsi128_si512(_mm_loadu_si128(p.cast()));
+        if n > 1 {
+            w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(BS).cast()));
+        }
+        if n > 2 {
+            w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * BS).cast()));
+        }
+        if n > 3 {
+            w = _mm512_inserti32x4::<3>(w, _mm_loadu_si128(p.add(3 * BS).cast()));
+        }
+        w
     }
 }
 
@@ -409,40 +446,57 @@ unsafe fn q4_rows<const BS: usize, const QOFF: usize, const MIN: bool>(
 ) {
     let nb = cols / QK;
     let rb = nb * BS;
-    let mut cs = vec![0f32; nb.div_ceil(16) * 16];
+    let idx4 = idx(&IDX4);
     for (i, yr) in y.iter_mut().enumerate() {
         let r = r0 + i;
         debug_assert!((r + 1) * rb <= data.len());
-        // SAFETY: as in `q8_0_rows`; each 16-byte load ends at its block's end.
+        // SAFETY: as in `q8_0_rows`.
         unsafe {
             let row = data.as_ptr().add(r * rb);
-            let mterm = row_scales::<BS, MIN>(row, nb, xq, &mut cs);
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
-            let full = nb / 4;
-            let mut c = 0;
-            while c + 2 <= full {
-                a0 = q4_step(a0, q4_quad::<BS, QOFF>(row, c), c, xq, &cs);
-                a1 = q4_step(a1, q4_quad::<BS, QOFF>(row, c + 1), c + 1, xq, &cs);
-                c += 2;
-            }
-            if c < full {
-                a0 = q4_step(a0, q4_quad::<BS, QOFF>(row, c), c, xq, &cs);
-                c += 1;
-            }
-            let rest = nb % 4;
-            if rest > 0 {
-                let p = row.add(4 * c * BS + QOFF);
-                let mut w = _mm512_zextsi128_si512(_mm_loadu_si128(p.cast()));
-                if rest > 1 {
-                    w = _mm512_inserti32x4::<1>(w, _mm_loadu_si128(p.add(BS).cast()));
+            let mut macc = _mm512_setzero_ps();
+            // 16 blocks (4 quads) per scale gather.
+            for b0 in (0..nb).step_by(16) {
+                let n = (nb - b0).min(16);
+                let cs = block_scales::<BS, MIN>(row.add(b0 * BS), b0, n, xq, &mut macc);
+                let c0 = b0 / 4;
+                let quads = n / 4;
+                let mut j = 0;
+                while j + 2 <= quads {
+                    let p = row.add((b0 + 4 * j) * BS);
+                    prefetch(p, PF, 3);
+                    let (s0, s1) = (lanes_of(cs, idx4, 4 * j), lanes_of(cs, idx4, 4 * j + 4));
+                    a0 = q4_step(a0, q4_quad::<BS, QOFF>(p, 4), c0 + j, xq, s0);
+                    a1 = q4_step(
+                        a1,
+                        q4_quad::<BS, QOFF>(p.add(4 * BS), 4),
+                        c0 + j + 1,
+                        xq,
+                        s1,
+                    );
+                    j += 2;
                 }
-                if rest > 2 {
-                    w = _mm512_inserti32x4::<2>(w, _mm_loadu_si128(p.add(2 * BS).cast()));
+                if j < quads {
+                    let p = row.add((b0 + 4 * j) * BS);
+                    a0 = q4_step(
+                        a0,
+                        q4_quad::<BS, QOFF>(p, 4),
+                        c0 + j,
+                        xq,
+                        lanes_of(cs, idx4, 4 * j),
+                    );
+                    j += 1;
                 }
-                a1 = q4_step(a1, w, c, xq, &cs);
+                if !n.is_multiple_of(4) {
+                    // The row's last 1-3 blocks; the padding of `xq` is 0.
+                    let p = row.add((b0 + 4 * j) * BS);
+                    let w = q4_quad::<BS, QOFF>(p, n % 4);
+                    a1 = q4_step(a1, w, c0 + j, xq, lanes_of(cs, idx4, 4 * j));
+                }
             }
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + mterm;
+            let mins = if MIN { _mm512_reduce_add_ps(macc) } else { 0.0 };
+            *yr = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + mins;
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Dense `f32` baselines: a bandwidth-bound mat-vec and `gemm`.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
+use super::packed_gemm::{SharedMut, panel_rows};
 use super::{Isa, check_batch, for_row_chunks, portable};
 use crate::error::{Result, check_len, checked_len};
 
@@ -43,8 +45,8 @@ pub fn f32_matvec_with(
 }
 
 /// `Y[tokens, rows] = X[tokens, cols] · Wᵀ` for a row-major `f32` matrix
-/// `W[rows, cols]` (`X`, `Y` row-major), with `gemm` on the rayon pool.
-/// One token goes to [`f32_matvec`].
+/// `W[rows, cols]` (`X`, `Y` row-major): `gemm` on panels of rows, in
+/// parallel on the rayon pool. One token goes to [`f32_matvec`].
 pub fn f32_matmul(
     w: &[f32],
     rows: usize,
@@ -65,21 +67,20 @@ pub fn f32_matmul(
     if tokens == 1 {
         return f32_matvec(w, rows, cols, x, y);
     }
-    // SAFETY: the lengths were checked: `y` is `tokens x rows` (row stride
-    // `rows`), `x` is `tokens x cols`, `w` read as `Wᵀ` is `cols x rows`
-    // (column stride `cols`).
-    unsafe {
-        gemm_xwt(
-            tokens,
-            rows,
-            cols,
-            y.as_mut_ptr(),
-            rows,
-            x,
-            w,
-            Parallelism::Rayon(0),
-        )
-    };
+    // Panels of rows in parallel, one single-threaded `gemm` each: as
+    // `matmul` does for packed weights, and a little faster than `gemm`'s
+    // own threading here.
+    let panel = panel_rows(rows);
+    let dst = SharedMut(y.as_mut_ptr());
+    (0..rows.div_ceil(panel)).into_par_iter().for_each(|p| {
+        let r0 = p * panel;
+        let n = panel.min(rows - r0);
+        let wp = &w[r0 * cols..(r0 + n) * cols];
+        // SAFETY: the lengths were checked: `x` is `tokens x cols`, the panel
+        // `n x cols`; this panel alone writes columns `r0 .. r0 + n` of `y`
+        // (`tokens x rows`).
+        unsafe { gemm_xwt(tokens, n, cols, dst.at(r0), rows, x, wp, Parallelism::None) };
+    });
     Ok(())
 }
 

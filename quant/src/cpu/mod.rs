@@ -53,8 +53,6 @@ mod xq;
 mod avx512;
 
 #[cfg(test)]
-mod perf_scratch;
-#[cfg(test)]
 mod tests;
 
 use std::sync::OnceLock;
@@ -226,23 +224,16 @@ fn view_rows(isa: Isa, view: View<'_>, cols: usize, xq: &XQuant, r0: usize, y: &
 }
 
 /// Weight bytes below which a product runs on the calling thread.
-const PAR_MIN_BYTES: usize = 256 << 10;
+const PAR_MIN_BYTES: usize = 128 << 10;
 /// Smallest share of the weights one parallel task streams.
-const CHUNK_MIN_BYTES: usize = 64 << 10;
+const CHUNK_MIN_BYTES: usize = 32 << 10;
 
 /// Rows per parallel task for `rows` rows of `row_bytes` bytes each
 /// (`rows` itself when the product should stay on one thread).
 fn chunk_rows(rows: usize, row_bytes: usize) -> usize {
     let threads = rayon::current_num_threads();
     let total = rows.saturating_mul(row_bytes);
-    static PM: OnceLock<usize> = OnceLock::new(); // TEMP tuning
-    let par_min = *PM.get_or_init(|| {
-        std::env::var("DISTILL_PAR_MIN")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(PAR_MIN_BYTES)
-    });
-    if threads <= 1 || total < par_min || rows < 2 {
+    if threads <= 1 || total < PAR_MIN_BYTES || rows < 2 {
         return rows.max(1);
     }
     // About 8 tasks per thread balance load when another process takes a core.

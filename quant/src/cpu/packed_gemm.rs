@@ -135,7 +135,7 @@ fn small_batch(
 
 /// Rows per panel: at most [`PANEL_ROWS`], and a multiple of the thread
 /// count of panels so that the threads finish together.
-fn panel_rows(rows: usize) -> usize {
+pub(super) fn panel_rows(rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let panels = rows.div_ceil(PANEL_ROWS).max(threads).div_ceil(threads) * threads;
     rows.div_ceil(panels)
@@ -156,18 +156,18 @@ pub(super) fn dequantize_rows(isa: Isa, view: View<'_>, cols: usize, r0: usize, 
     }
 }
 
-/// `y`'s base pointer, shared by panels writing disjoint columns.
+/// `y`'s base pointer, shared by tasks writing disjoint elements.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 
-// SAFETY: every panel writes a disjoint set of elements (see `matmul_with`).
+// SAFETY: every task writes a disjoint set of elements (see the users).
 unsafe impl Send for SharedMut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer `i` elements on.
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }

@@ -88,8 +88,8 @@ impl XQuant {
                     for (i, &v) in n.iter().enumerate() {
                         sums[i / 4] += v as i32;
                     }
-                    for j in 0..8 {
-                        xq.lane_off[8 * b + j] = -k * sums[j];
+                    for (j, &s) in sums.iter().enumerate() {
+                        xq.lane_off[8 * b + j] = -k * s;
                         xq.dx_lane[8 * b + j] = d;
                     }
                 }
@@ -111,8 +111,8 @@ impl XQuant {
                         sums[i / 4] += lo[i] as i32 + hi[i] as i32;
                     }
                     let l0 = (b / 4) * 16 + (b % 4) * 4;
-                    for j in 0..4 {
-                        xq.lane_off[l0 + j] = -k * sums[j];
+                    for (j, &s) in sums.iter().enumerate() {
+                        xq.lane_off[l0 + j] = -k * s;
                         xq.dx_lane[l0 + j] = d;
                     }
                 }
