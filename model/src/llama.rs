@@ -637,6 +637,28 @@ impl LlamaForCausalLM {
         self.model.norm.forward(x)
     }
 
+    /// The final normed hidden states `[batch, seq, hidden]`: everything but the output head.
+    /// With [`head`](Self::head) a loss can compute logits a chunk of positions at a time.
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, layout: &Layout) -> Tensor<3> {
+        let device = input_ids.device();
+        let mut step = Step {
+            rope: Rope::new(layout, self.head_dim, self.rope_theta, &device),
+            bias: layout.attention_bias(&device),
+            capture: None,
+        };
+        let x = self.decoder(input_ids, &mut step, None);
+        self.model.norm.forward(x)
+    }
+
+    /// Logits `[..., vocab]` of final hidden states `[..., hidden]`: the output head (the
+    /// embedding when tied), as [`forward`](Self::forward) applies it.
+    pub fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => weight_times(self.model.embed_tokens.weight.val(), hidden),
+        }
+    }
+
     /// Runs new tokens `[batch, seq]` through the model with a KV cache; `mask` marks which of
     /// them are real (left padding in a prompt), `None` meaning all. Returns their logits.
     pub fn forward_cached(

@@ -128,6 +128,11 @@ pub trait TrainTask<M> {
     fn valid_batches(&self) -> usize;
     /// Mean loss of validation batch `index`.
     fn valid_loss(&mut self, model: &M, index: usize) -> Tensor<1>;
+    /// Called with the model after each optimizer step (and after a resume), returning the
+    /// model to continue with: where a stage re-imposes constraints such as sparsity masks.
+    fn after_step(&mut self, model: M) -> M {
+        model
+    }
 }
 
 /// Why a run stopped early.
@@ -368,6 +373,7 @@ where
             tracing::warn!("resuming {} with changed training settings", path.display());
         }
         (model, optim, state) = (m, o, s);
+        model = task.after_step(model);
         state.config = Some(config.clone());
         tracing::info!("resumed from {} at step {}", path.display(), state.step);
         last_good = Some(path);
@@ -423,7 +429,7 @@ where
         }
         let mut grads = accumulator.grads();
         let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
-        model = optim.step(lr, model, grads);
+        model = task.after_step(optim.step(lr, model, grads));
         state.step += 1;
         state.loss_mean = Some(0.9 * mean + 0.1 * loss);
 
