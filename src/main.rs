@@ -43,6 +43,9 @@ enum Command {
     /// Teacher stages.
     #[command(subcommand)]
     Teacher(cli::teacher::TeacherCommand),
+    /// Student stages: pruning and distillation.
+    #[command(subcommand)]
+    Student(cli::student::StudentCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(&args, cli.device),
         Command::Quantize(args) => cli::quantize::run(&args, cli.device),
         Command::Teacher(command) => cli::teacher::run(command, cli.device),
+        Command::Student(command) => cli::student::run(command, cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

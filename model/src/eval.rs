@@ -258,10 +258,49 @@ pub fn score_windows(
     window: usize,
     batch: usize,
     device: &Device,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Score {
+    compare_windows(model, None, tokens, starts, window, batch, device, progress).0
+}
+
+/// Summed agreement of a model with a teacher over scored positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agreement {
+    /// Positions compared.
+    pub tokens: usize,
+    /// Sum over positions of KL(teacher ‖ model) of the next-token distributions, in nats.
+    pub kl_sum: f64,
+    /// Positions where both models' most likely next token is the same.
+    pub top1_same: usize,
+    /// The teacher's summed negative log-likelihood on the same targets.
+    pub teacher_nll_sum: f64,
+}
+
+/// Like [`score_windows`], and with a `teacher` (same vocabulary) also its [`Agreement`] with
+/// the model on the same positions.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_windows(
+    model: &LlamaForCausalLM,
+    teacher: Option<&LlamaForCausalLM>,
+    tokens: &[u32],
+    starts: &[usize],
+    window: usize,
+    batch: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize),
+) -> (Score, Option<Agreement>) {
     let seq = window - 1;
     let mut nll_sum = 0.0f64;
+    let mut agreement = teacher.map(|_| Agreement {
+        tokens: 0,
+        kl_sum: 0.0,
+        top1_same: 0,
+        teacher_nll_sum: 0.0,
+    });
+    let sum = |t: Tensor<3>| -> f64 {
+        let v: Vec<f32> = t.into_data().try_to_vec().expect("f32 values");
+        v.iter().map(|&x| x as f64).sum()
+    };
     for (i, chunk) in starts.chunks(batch.max(1)).enumerate() {
         let b = chunk.len();
         let (mut inputs, mut targets) = (Vec::with_capacity(b * seq), Vec::with_capacity(b * seq));
@@ -271,17 +310,39 @@ pub fn score_windows(
         }
         let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [b, seq]), device);
         let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, seq, 1]), device);
-        let logits = model.forward(inputs, &Layout::causal(b, seq));
-        let picked = log_softmax(logits, 2).gather(2, targets);
-        let logp: Vec<f32> = picked.into_data().try_to_vec().expect("f32 log-probs");
-        nll_sum -= logp.iter().map(|&x| x as f64).sum::<f64>();
+        let layout = Layout::causal(b, seq);
+        let logp = log_softmax(model.forward(inputs.clone(), &layout), 2);
+        nll_sum -= sum(logp.clone().gather(2, targets.clone()));
+        if let (Some(teacher), Some(a)) = (teacher, agreement.as_mut()) {
+            let tlogp = log_softmax(teacher.forward(inputs, &layout), 2);
+            a.teacher_nll_sum -= sum(tlogp.clone().gather(2, targets));
+            let kl = tlogp.clone().exp() * (tlogp.clone() - logp.clone());
+            a.kl_sum += sum(kl.sum_dim(2));
+            let same = tlogp.argmax(2).equal(logp.argmax(2));
+            a.top1_same += same.int().sum().into_scalar::<i64>() as usize;
+            a.tokens += b * seq;
+        }
         progress((i * batch + b).min(starts.len()));
     }
-    Score {
+    let score = Score {
         windows: starts.len(),
         tokens: starts.len() * seq,
         nll_sum,
-    }
+    };
+    (score, agreement)
+}
+
+/// How a model compares with a teacher on the evaluated positions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherComparison {
+    /// The teacher, as named by the caller.
+    pub teacher: String,
+    /// Mean KL(teacher ‖ model) per scored position, in nats.
+    pub kl: f64,
+    /// Fraction of positions where both predict the same most likely next token.
+    pub top1_agreement: f64,
+    /// The teacher's perplexity on the same windows.
+    pub teacher_perplexity: f64,
 }
 
 /// The result of one evaluation, with everything needed to reproduce it.
@@ -317,14 +378,19 @@ pub struct EvalReport {
     pub mean_nll: f64,
     /// `exp(mean_nll)`.
     pub perplexity: f64,
+    /// Agreement with a teacher, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherComparison>,
     /// Wall time of the scoring, in seconds.
     pub seconds: f64,
 }
 
-/// Evaluates `m` on `data` under `config`; `model_name` goes into the report.
+/// Evaluates `m` on `data` under `config`; `model_name` goes into the report. With a
+/// `teacher` (a model and its name) the report also compares the two on the same positions.
 pub fn evaluate(
     m: &ModelDir,
     model_name: &str,
+    teacher: Option<(&ModelDir, &str)>,
     data: &EvalData,
     config: &EvalConfig,
     device: &Device,
@@ -352,9 +418,19 @@ pub fn evaluate(
             window: config.window,
         });
     }
+    if let Some((t, name)) = teacher
+        && t.config.vocab_size != vocab
+    {
+        return Err(EvalError::Settings(format!(
+            "teacher {name} has a vocabulary of {} and the model {model_name} one of {vocab}: \
+             they cannot be compared",
+            t.config.vocab_size
+        )));
+    }
     let t0 = Instant::now();
-    let score = score_windows(
+    let (score, agreement) = compare_windows(
         &m.model,
+        teacher.map(|(t, _)| &t.model),
         &data.tokens,
         &starts,
         config.window,
@@ -362,6 +438,15 @@ pub fn evaluate(
         device,
         progress,
     );
+    let teacher = teacher.zip(agreement).map(|((_, name), a)| {
+        let n = a.tokens.max(1) as f64;
+        TeacherComparison {
+            teacher: name.to_string(),
+            kl: a.kl_sum / n,
+            top1_agreement: a.top1_same as f64 / n,
+            teacher_perplexity: (a.teacher_nll_sum / n).exp(),
+        }
+    });
     Ok(EvalReport {
         model: model_name.to_string(),
         data: data.path.display().to_string(),
@@ -378,6 +463,7 @@ pub fn evaluate(
         tokens_scored: score.tokens,
         mean_nll: score.mean_nll(),
         perplexity: score.perplexity(),
+        teacher,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -412,6 +498,15 @@ impl fmt::Display for EvalReport {
         )?;
         writeln!(f, "mean NLL        {:.4} nats", self.mean_nll)?;
         writeln!(f, "perplexity      {:.4}", self.perplexity)?;
+        if let Some(t) = &self.teacher {
+            writeln!(
+                f,
+                "teacher         {} (perplexity {:.4})",
+                t.teacher, t.teacher_perplexity
+            )?;
+            writeln!(f, "KL to teacher   {:.4} nats per token", t.kl)?;
+            writeln!(f, "top-1 agreement {:.4}", t.top1_agreement)?;
+        }
         write!(f, "time            {:.1}s", self.seconds)
     }
 }
@@ -474,6 +569,27 @@ mod tests {
             score.perplexity(),
             expected.exp()
         );
+    }
+
+    #[test]
+    fn a_model_agrees_with_itself_and_not_with_another() {
+        let (a, b) = (tiny_model(64), {
+            let mut c = LlamaConfig::llama(64, 32, 48, 2, 4, 2);
+            c.initializer_range = 0.3;
+            c.init(&Device::flex(), 12)
+        });
+        let tokens: Vec<u32> = (0..400u32).map(|i| (i * 37 + i / 7) % 64).collect();
+        let starts = window_starts(tokens.len(), 20, 4);
+        let d = Device::flex();
+        let (score, same) = compare_windows(&a, Some(&a), &tokens, &starts, 20, 3, &d, |_| {});
+        let same = same.unwrap();
+        assert_eq!((same.tokens, same.top1_same), (4 * 19, 4 * 19));
+        assert!(same.kl_sum.abs() < 1e-4, "{}", same.kl_sum);
+        assert!((same.teacher_nll_sum - score.nll_sum).abs() < 1e-3);
+        let (_, other) = compare_windows(&a, Some(&b), &tokens, &starts, 20, 3, &d, |_| {});
+        let other = other.unwrap();
+        assert!(other.kl_sum / other.tokens as f64 > 0.01, "{other:?}");
+        assert!(other.top1_same < other.tokens);
     }
 
     #[test]

@@ -650,6 +650,21 @@ impl LlamaForCausalLM {
         self.model.norm.forward(x)
     }
 
+    /// The output head's weight `[vocab, hidden]` (HF layout): `lm_head.weight`, or the
+    /// embedding when tied. A packed head is dequantized.
+    pub fn head_weight(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(Linear {
+                weight: Some(w), ..
+            }) => w.val(),
+            Some(head) => {
+                let device = self.model.embed_tokens.weight.val().device();
+                Tensor::from_data(TensorData::new(head.weight_values(), head.dims()), &device)
+            }
+            None => self.model.embed_tokens.weight.val(),
+        }
+    }
+
     /// Logits `[..., vocab]` of final hidden states `[..., hidden]`: the output head (the
     /// embedding when tied), as [`forward`](Self::forward) applies it.
     pub fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {

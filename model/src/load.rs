@@ -30,3 +30,28 @@ pub fn load_model(path: &Path, device: &Device) -> Result<ModelDir, LoadError> {
         Ok(checkpoint::load_dir(path, device)?)
     }
 }
+
+/// SHA-256 over a model's bytes: the GGUF file, or an HF directory's `config.json` and
+/// safetensors files (in name order). Identifies the model that produced a cached signal.
+pub fn fingerprint(path: &Path) -> Result<String, LoadError> {
+    use sha2::{Digest, Sha256};
+    let files = if is_gguf(path) {
+        vec![path.to_path_buf()]
+    } else {
+        let mut files = vec![path.join("config.json")];
+        files.extend(checkpoint::SafetensorsSource::dir_files(path)?);
+        files
+    };
+    let mut hash = Sha256::new();
+    for f in &files {
+        let mut file = std::fs::File::open(f).map_err(|e| CheckpointError::File {
+            path: f.clone(),
+            reason: e.to_string(),
+        })?;
+        std::io::copy(&mut file, &mut hash).map_err(|e| CheckpointError::File {
+            path: f.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(format!("{:x}", hash.finalize()))
+}

@@ -201,6 +201,8 @@ pub struct TrainOutcome<M> {
     pub model: M,
     /// Steps completed in total, including those before a resume.
     pub steps_done: usize,
+    /// The step this invocation started from (0, or where it resumed).
+    pub start_step: usize,
     /// The loss curve.
     pub history: Vec<LossPoint>,
 }
@@ -393,6 +395,7 @@ where
     );
     bar.set_position(state.step as u64);
 
+    let start_step = state.step;
     let stop = control.stop_after.unwrap_or(usize::MAX).min(config.steps);
     while state.step < stop {
         let step = state.step;
@@ -466,6 +469,7 @@ where
     Ok(TrainOutcome {
         model,
         steps_done: state.step,
+        start_step,
         history: state.history,
     })
 }

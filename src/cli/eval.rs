@@ -24,6 +24,10 @@ pub struct EvalArgs {
     /// Windows per forward.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Also compare with this teacher (HF directory or GGUF file, same vocabulary): KL(teacher ‖
+    /// model) per token, top-1 agreement and the teacher's perplexity on the same windows.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -46,7 +50,15 @@ pub fn run(args: &EvalArgs, device: DeviceChoice) -> Result<()> {
             .progress_chars("=> "),
     );
     let name = args.model.display().to_string();
-    let report = eval::evaluate(&m, &name, &data, &config, &device, |done| {
+    let teacher = match &args.teacher {
+        Some(path) => Some((
+            super::load_model(path, &device)?,
+            path.display().to_string(),
+        )),
+        None => None,
+    };
+    let teacher = teacher.as_ref().map(|(t, n)| (t, n.as_str()));
+    let report = eval::evaluate(&m, &name, teacher, &data, &config, &device, |done| {
         bar.set_position(done as u64)
     });
     bar.finish_and_clear();

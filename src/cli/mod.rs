@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod quantize;
+pub mod student;
 pub mod teacher;
 
 use anyhow::{Context, Result, bail};

@@ -7,9 +7,12 @@
 //! * [`quantize`]: quantizing a whole model with RTN, GPTQ, AWQ or AWQ+GPTQ.
 //! * [`prune`]: structured and unstructured pruning, and sparsity masks.
 //! * [`kd`]: the distillation losses (forward KL, reverse KL, generalized JSD), chunked over
-//!   positions, against full teacher logits or a cached top-k.
+//!   positions, against full teacher logits or a cached top-k ([`topk`]).
+//! * [`distill`]: the `student kd` run: data, teacher signal, masks, the training loop.
 
 pub mod calibrate;
+pub mod distill;
 pub mod kd;
 pub mod prune;
 pub mod quantize;
+pub mod topk;

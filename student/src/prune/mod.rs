@@ -4,6 +4,7 @@
 //! that keep pruned weights at zero through training.
 
 pub mod mask;
+pub mod run;
 pub mod structured;
 pub mod unstructured;
 
