@@ -19,10 +19,15 @@ const DOCS: &[&str] = &[
     "close() closes a file descriptor, so that it no longer refers to any file.",
 ];
 
-/// A tiny random model with a BPE tokenizer trained on `docs`, saved to `dir`.
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// A tiny random model with a BPE tokenizer trained on `docs` and a ChatML template, saved to
+/// `dir`.
 fn tiny_model(dir: &Path, docs: &[&str], vocab: usize, seed: u64) -> PathBuf {
     let corpus: Vec<String> = docs.iter().map(|d| d.repeat(3)).collect();
-    let tokenizer = Tokenizer::train_bpe(corpus, vocab, &[ENDOFTEXT]).unwrap();
+    let specials = [ENDOFTEXT, "<|im_start|>", "<|im_end|>"];
+    let mut tokenizer = Tokenizer::train_bpe(corpus, vocab, &specials).unwrap();
+    tokenizer.chat_template = Some(CHATML.to_string());
     let mut config = LlamaConfig::llama(tokenizer.vocab_size(), 32, 64, 2, 4, 2);
     config.initializer_range = 0.2;
     let m = ModelDir {
@@ -334,4 +339,45 @@ fn a_vocabulary_mismatch_is_refused_before_any_work() {
         );
         assert!(!out.exists(), "work started for {}", student.display());
     }
+}
+
+#[test]
+fn conversations_are_mixed_into_the_training_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(&d.join("model"), DOCS, 300, 1);
+    let data = corpus(d);
+    let mix = d.join("chat.jsonl");
+    let chats: Vec<String> = (0..6)
+        .map(|i| {
+            if i % 2 == 0 {
+                serde_json::json!({"prompt": format!("open() ({i})?"), "response": "A descriptor."})
+            } else {
+                serde_json::json!({"messages": [{"role": "user", "content": "ls?"},
+                                                {"role": "assistant", "content": "It lists."}]})
+            }
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&mix, chats.join("\n")).unwrap();
+    let mut config = kd_config(&model, &model, &data, &d.join("kd"), 4);
+    config.mix_data = Some(mix.clone());
+    config.mix_fraction = 0.25;
+    let m = checkpoint::load_dir(&model, &Device::flex()).unwrap();
+    let tokenizer = m.tokenizer.unwrap();
+    // Turns are short, so every window of a conversation holds a turn marker.
+    let marks = ["<|im_start|>", "<|im_end|>"].map(|t| tokenizer.token_to_id(t).unwrap());
+    let windows = distill::training_windows(&config, &tokenizer).unwrap();
+    assert_eq!(windows.len(), 8);
+    let chat: Vec<bool> = windows
+        .iter()
+        .map(|w| marks.iter().any(|m| w.contains(m)))
+        .collect();
+    assert_eq!(chat, [false, false, false, true, false, false, false, true]);
+
+    std::fs::write(&mix, format!("{}\n{{\"prompt\": 3}}\n", chats[0])).unwrap();
+    let e = distill::training_windows(&config, &tokenizer)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chat.jsonl:2") && e.contains("prompt"), "{e}");
 }

@@ -84,6 +84,12 @@ pub struct KdRunConfig {
     pub valid_data: Option<PathBuf>,
     /// Distinct training windows; 0 (the default) = as many as the budget visits.
     pub windows: usize,
+    /// Conversations mixed into the training windows so the student keeps following
+    /// instructions: `.jsonl` of `{"messages": [{"role", "content"}, ...]}` or
+    /// `{"prompt", "response"}`, rendered with the student's chat template.
+    pub mix_data: Option<PathBuf>,
+    /// Fraction of the training windows taken from `mix_data`. Default 0.1.
+    pub mix_fraction: f64,
     /// Output folder: `model/`, `checkpoints/`, `train_log.json`.
     pub out: PathBuf,
     /// The teacher signal.
@@ -103,6 +109,8 @@ impl Default for KdRunConfig {
             train_data: PathBuf::new(),
             valid_data: None,
             windows: 0,
+            mix_data: None,
+            mix_fraction: 0.1,
             out: PathBuf::from("runs/kd"),
             signal: SignalConfig::default(),
             kd: KdConfig::default(),
@@ -179,6 +187,18 @@ impl KdRunConfig {
                 )));
             }
         }
+        if let Some(m) = self.mix_data.as_ref().filter(|m| !m.exists()) {
+            return Err(KdError::Config(format!(
+                "`mix_data`: {} does not exist",
+                m.display()
+            )));
+        }
+        if !(0.0..1.0).contains(&self.mix_fraction) {
+            return Err(KdError::Config(format!(
+                "`mix_fraction` = {}: must be in [0, 1)",
+                self.mix_fraction
+            )));
+        }
         if let Some(v) = self.valid_data.as_ref().filter(|v| !v.exists()) {
             return Err(KdError::Config(format!(
                 "`valid_data`: {} does not exist",
@@ -254,7 +274,7 @@ pub fn check_same_tokenizer(
 }
 
 /// The teacher's side of a run.
-enum Teacher {
+pub enum Teacher {
     /// Plain cross-entropy: no teacher.
     None,
     /// The teacher model, on the plain device.
@@ -263,8 +283,8 @@ enum Teacher {
     Cached(TopKCache),
 }
 
-/// Distillation over a fixed set of windows.
-struct KdTask {
+/// Distillation over a fixed set of windows: the [`TrainTask`] of `student kd`.
+pub struct KdTask {
     windows: Vec<Vec<u32>>,
     valid: Option<PackedWindows>,
     batch: usize,
@@ -276,6 +296,32 @@ struct KdTask {
 }
 
 impl KdTask {
+    /// A task over `windows` (each `seq_len + 1` tokens, visited in order, `batch` a step)
+    /// with validation windows `valid`; the student lives on `device` (autodiff), the teacher
+    /// signal is made on `plain`; `masks` are re-applied after each step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        windows: Vec<Vec<u32>>,
+        valid: Option<PackedWindows>,
+        batch: usize,
+        teacher: Teacher,
+        kd: KdConfig,
+        masks: SparsityMasks,
+        device: &Device,
+        plain: &Device,
+    ) -> Self {
+        Self {
+            windows,
+            valid,
+            batch,
+            teacher,
+            kd,
+            masks,
+            device: device.clone(),
+            plain: plain.clone(),
+        }
+    }
+
     fn ids(
         &self,
         rows: &[Vec<u32>],
@@ -395,6 +441,126 @@ fn tokens_of(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, KdError> {
     )?)
 }
 
+/// The conversations of a mix file, each rendered with `tokenizer`'s chat template and
+/// tokenized, followed by EOS, joined into one stream.
+fn conversation_tokens(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, KdError> {
+    use distill_model::chat::{ChatTemplate, Message, encode_prompt};
+    let name = path.display().to_string();
+    let template = ChatTemplate::from_tokenizer(tokenizer)
+        .map_err(|e| KdError::Config(format!("`mix_data` {name}: the student's {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|source| KdError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut stream = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |reason: String| {
+            KdError::Data(data::DataError::Line {
+                path: name.clone(),
+                line: i + 1,
+                reason,
+            })
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let field = |k: &str| value.get(k).and_then(|v| v.as_str());
+        let messages: Vec<Message> =
+            match (value.get("messages"), field("prompt"), field("response")) {
+                (Some(m), _, _) => serde_json::from_value(m.clone()).map_err(|e| {
+                    bad(format!(
+                        "field `messages`: a list of {{\"role\", \"content\"}} objects: {e}"
+                    ))
+                })?,
+                (None, Some(p), Some(r)) => vec![Message::user(p), Message::new("assistant", r)],
+                _ => {
+                    return Err(bad(
+                        "needs `messages`, or `prompt` and `response` strings".into()
+                    ));
+                }
+            };
+        let rendered = template
+            .render(&messages, false)
+            .map_err(|e| bad(e.to_string()))?;
+        stream.extend(encode_prompt(tokenizer, &rendered).map_err(|e| bad(e.to_string()))?);
+        stream.extend(tokenizer.eos_id());
+    }
+    if stream.is_empty() {
+        return Err(KdError::Data(data::DataError::Empty {
+            path: name,
+            reason: "no conversations in this file".into(),
+        }));
+    }
+    Ok(stream)
+}
+
+/// The run's training windows: the first of a seeded shuffle of the domain text's windows,
+/// with every `1 / mix_fraction`-th one taken from the conversations of `mix_data` instead.
+pub fn training_windows(
+    config: &KdRunConfig,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<Vec<u32>>, KdError> {
+    let seq = config.train.seq_len;
+    let seed = config.train.seed;
+    let origin = config.train_data.display().to_string();
+    let text = PackedWindows::new(
+        tokens_of(tokenizer, &config.train_data)?,
+        seq,
+        seed,
+        &origin,
+    )?;
+    let chat = match &config.mix_data {
+        Some(path) => Some(PackedWindows::new(
+            conversation_tokens(tokenizer, path)?,
+            seq,
+            seed,
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
+    let needed = config.windows_needed();
+    let f = if chat.is_some() {
+        config.mix_fraction
+    } else {
+        0.0
+    };
+    let n_chat = (needed as f64 * f).round() as usize;
+    if needed - n_chat > text.len() {
+        tracing::warn!(
+            "{origin} holds {} windows of {seq} tokens, fewer than the {} the budget visits: \
+             they are repeated",
+            text.len(),
+            needed - n_chat
+        );
+    }
+    let (mut t, mut c) = (0, 0);
+    let mut windows = Vec::with_capacity(needed);
+    for i in 0..needed {
+        let from_chat = ((i + 1) as f64 * f).floor() > (i as f64 * f).floor();
+        match (&chat, from_chat) {
+            (Some(chat), true) => {
+                windows.push(chat.shuffled(c).to_vec());
+                c += 1;
+            }
+            _ => {
+                if t >= text.len() {
+                    break; // repeating the text adds nothing: the run visits windows cyclically
+                }
+                windows.push(text.shuffled(t).to_vec());
+                t += 1;
+            }
+        }
+    }
+    tracing::info!(
+        "{} training windows, {c} of them conversations",
+        windows.len()
+    );
+    Ok(windows)
+}
+
 /// The cached teacher signal for `windows`: read from the cache file when it matches (same
 /// teacher, `k`, temperature and windows), else computed and written.
 fn cached_signal(
@@ -486,24 +652,7 @@ pub fn run(
     let tokenizer = student.tokenizer.clone().expect("checked above");
 
     let seq = config.train.seq_len;
-    let origin = config.train_data.display().to_string();
-    let packed = PackedWindows::new(
-        tokens_of(&tokenizer, &config.train_data)?,
-        seq,
-        config.train.seed,
-        &origin,
-    )?;
-    let needed = config.windows_needed();
-    if needed > packed.len() {
-        tracing::warn!(
-            "{origin} holds {} windows of {seq} tokens, fewer than the {needed} the budget visits: \
-             they are repeated",
-            packed.len()
-        );
-    }
-    let windows: Vec<Vec<u32>> = (0..needed.min(packed.len()))
-        .map(|i| packed.shuffled(i).to_vec())
-        .collect();
+    let windows = training_windows(config, &tokenizer)?;
     let valid = match &config.valid_data {
         Some(path) => Some(PackedWindows::new(
             tokens_of(&tokenizer, path)?,
@@ -549,16 +698,16 @@ pub fn run(
         windows.len(),
         model_config.num_parameters()
     );
-    let mut task = KdTask {
+    let mut task = KdTask::new(
         windows,
         valid,
-        batch: config.train.batch_size,
-        teacher: teacher_side,
-        kd: config.kd.clone(),
+        config.train.batch_size,
+        teacher_side,
+        config.kd.clone(),
         masks,
-        device: device.clone(),
-        plain,
-    };
+        &device,
+        &plain,
+    );
     let train_started = Instant::now();
     let outcome = train::train(
         model,

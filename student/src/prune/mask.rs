@@ -17,8 +17,13 @@ struct LayerMask {
     keep: Tensor<2>,
 }
 
-/// The masks of every linear layer whose dense weight held exact zeros when the masks were
-/// taken. A dense model has none, and [`apply`](Self::apply) is then free.
+/// Smallest fraction of exact zeros that marks a layer as pruned. A dense model may hold a few
+/// stray zeros (a dequantized GGUF file does); freezing those is not worth a mask.
+pub const MIN_LAYER_SPARSITY: f64 = 0.01;
+
+/// The masks of every linear layer whose dense weight was pruned (at least
+/// [`MIN_LAYER_SPARSITY`] of it exactly zero) when the masks were taken. A dense model has
+/// none, and [`apply`](Self::apply) is then free.
 #[derive(Debug, Clone, Default)]
 pub struct SparsityMasks {
     layers: Vec<LayerMask>,
@@ -29,7 +34,7 @@ pub struct SparsityMasks {
 impl SparsityMasks {
     /// Masks from the exact zeros of `model`'s dense linear weights (every decoder linear
     /// layer and an untied `lm_head`; packed layers are skipped). Only layers with at least
-    /// one zero get a mask.
+    /// [`MIN_LAYER_SPARSITY`] zeros get a mask.
     pub fn from_zeros(model: &LlamaForCausalLM) -> Self {
         let mut masks = Self::default();
         for (name, lin) in model.linears() {
@@ -37,7 +42,7 @@ impl SparsityMasks {
             let values = lin.weight_values();
             let zeros = values.iter().filter(|v| **v == 0.0).count();
             masks.weights += values.len();
-            if zeros == 0 {
+            if (zeros as f64) < MIN_LAYER_SPARSITY * values.len() as f64 || zeros == 0 {
                 continue;
             }
             masks.zeros += zeros;
@@ -197,7 +202,14 @@ mod tests {
 
     #[test]
     fn a_dense_model_has_no_masks() {
-        let model = LlamaConfig::llama(64, 32, 48, 1, 4, 2).init(&Device::flex(), 0);
+        let device = Device::flex();
+        let mut model = LlamaConfig::llama(64, 32, 48, 1, 4, 2).init(&device, 0);
+        // A few stray zeros (under MIN_LAYER_SPARSITY) do not make a layer pruned.
+        let name = "model.layers.0.self_attn.q_proj";
+        let lin = model.linear_mut(name).unwrap();
+        let mut w = lin.weight_values();
+        w[..5].fill(0.0);
+        lin.set_dense(name, w, [32, 32], &device);
         let masks = SparsityMasks::from_zeros(&model);
         assert!(masks.is_empty());
         assert_eq!(masks.sparsity(), 0.0);
