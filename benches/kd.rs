@@ -49,19 +49,12 @@ fn kd_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("kd_step");
     group.sample_size(10);
     group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
-    let variants: [(&str, Box<dyn Fn() -> (Teacher, f64)>); 3] = [
-        (
-            "online_teacher",
-            Box::new(|| (Teacher::Online(Box::new(teacher())), 1.0)),
-        ),
-        (
-            "cached_top32",
-            Box::new(|| (Teacher::Cached(cache.clone()), 1.0)),
-        ),
-        ("cross_entropy_only", Box::new(|| (Teacher::None, 0.0))),
+    let variants = [
+        ("online_teacher", Teacher::Online(Box::new(teacher())), 1.0),
+        ("cached_top32", Teacher::Cached(cache), 1.0),
+        ("cross_entropy_only", Teacher::None, 0.0),
     ];
-    for (name, make) in variants {
-        let (signal, alpha) = make();
+    for (name, signal, alpha) in variants {
         let kd = KdConfig {
             alpha,
             ..KdConfig::default()
