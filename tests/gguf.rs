@@ -224,8 +224,7 @@ fn transformers_loads_our_gguf() {
 #[test]
 #[ignore = "needs assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-assets)"]
 fn smollm2_q4_1_matches_transformers() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = manifest_dir().join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
         println!("skipped: {} is missing", path.display());
         return;
@@ -310,8 +309,7 @@ fn smollm2_q4_1_matches_transformers() {
 #[test]
 #[ignore = "needs assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-assets)"]
 fn smollm2_weights_quantize_like_the_gguf_package() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = manifest_dir().join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
         println!("skipped: {} is missing", path.display());
         return;

@@ -92,6 +92,18 @@ pub fn tokenize_documents(
     Ok(stream)
 }
 
+/// The documents of a file ([`read_documents`]) tokenized and joined, each followed by the
+/// tokenizer's EOS token: the stream every training stage reads.
+pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, DataError> {
+    let docs = read_documents(path)?;
+    tokenize_documents(
+        tokenizer,
+        &docs,
+        tokenizer.eos_id(),
+        &path.display().to_string(),
+    )
+}
+
 /// A token stream cut into windows of `seq_len + 1` tokens (inputs plus the shifted targets),
 /// visited in an order shuffled afresh each epoch from a seed.
 #[derive(Debug, Clone)]

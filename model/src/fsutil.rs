@@ -43,3 +43,10 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> io::Result<(
     text.push('\n');
     write_bytes_atomic(path, text.as_bytes())
 }
+
+/// Reads a TOML settings file into `T`; the error names the file and, for a bad key or value,
+/// the key (`deny_unknown_fields` structs refuse unknown keys).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -61,7 +61,7 @@ fn gguf_blocks_match_python_gguf_package() {
          package (pip install gguf==0.19.0 numpy)",
         py.display()
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf_reference.py");
+    let script = manifest_dir().join("tests/gguf_reference.py");
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(&py)
         .arg(&script)
@@ -127,4 +127,13 @@ fn gguf_blocks_match_python_gguf_package() {
     assert!(n_cases >= 40, "only {n_cases} cases in the manifest");
     assert_eq!(checked, n_cases * GgmlType::ALL.len());
     eprintln!("{checked} case/type pairs identical to gguf.quants");
+}
+
+/// The package's directory: cargo's runtime `CARGO_MANIFEST_DIR` (right even when the test
+/// binary was built in another checkout sharing the target folder), else the build's.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        std::path::PathBuf::from,
+    )
 }

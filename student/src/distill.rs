@@ -163,11 +163,7 @@ pub enum KdError {
 impl KdRunConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the key.
     pub fn from_toml_file(path: &Path) -> Result<Self, KdError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KdError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| KdError::Config(format!("{}: {e}", path.display())))
+        distill_model::fsutil::read_toml(path).map_err(KdError::Config)
     }
 
     /// Checks the settings before any work; the error names the key.
@@ -431,16 +427,6 @@ pub struct KdSummary {
     pub parameters: usize,
 }
 
-fn tokens_of(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, KdError> {
-    let docs = data::read_documents(path)?;
-    Ok(data::tokenize_documents(
-        tokenizer,
-        &docs,
-        tokenizer.eos_id(),
-        &path.display().to_string(),
-    )?)
-}
-
 /// The conversations of a mix file, each rendered with `tokenizer`'s chat template and
 /// tokenized, followed by EOS, joined into one stream.
 fn conversation_tokens(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, KdError> {
@@ -507,7 +493,7 @@ pub fn training_windows(
     let seed = config.train.seed;
     let origin = config.train_data.display().to_string();
     let text = PackedWindows::new(
-        tokens_of(tokenizer, &config.train_data)?,
+        data::tokenize_file(tokenizer, &config.train_data)?,
         seq,
         seed,
         &origin,
@@ -655,7 +641,7 @@ pub fn run(
     let windows = training_windows(config, &tokenizer)?;
     let valid = match &config.valid_data {
         Some(path) => Some(PackedWindows::new(
-            tokens_of(&tokenizer, path)?,
+            data::tokenize_file(&tokenizer, path)?,
             seq,
             0,
             &path.display().to_string(),

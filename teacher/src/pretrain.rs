@@ -119,11 +119,7 @@ pub enum PretrainError {
 impl PretrainConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the key.
     pub fn from_toml_file(path: &Path) -> Result<Self, PretrainError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PretrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| PretrainError::Config(format!("{}: {e}", path.display())))
+        distill_model::fsutil::read_toml(path).map_err(PretrainError::Config)
     }
 }
 
@@ -212,16 +208,6 @@ pub struct PretrainSummary {
     pub parameters: usize,
 }
 
-fn tokens_of(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>, PretrainError> {
-    let docs = data::read_documents(path)?;
-    Ok(data::tokenize_documents(
-        tokenizer,
-        &docs,
-        tokenizer.eos_id(),
-        &path.display().to_string(),
-    )?)
-}
-
 /// Runs pretraining on `device` (autodiff is added here).
 pub fn run(
     config: &PretrainConfig,
@@ -290,10 +276,10 @@ pub fn run(
     };
 
     let seq = config.train.seq_len;
-    let train_tokens = tokens_of(&tokenizer, &config.train_data)?;
+    let train_tokens = data::tokenize_file(&tokenizer, &config.train_data)?;
     let origin = config.train_data.display().to_string();
     let (train_stream, valid_stream) = match &config.valid_data {
-        Some(path) => (train_tokens, Some(tokens_of(&tokenizer, path)?)),
+        Some(path) => (train_tokens, Some(data::tokenize_file(&tokenizer, path)?)),
         None => {
             let cut = train_tokens.len() - train_tokens.len() / 20;
             let valid = train_tokens[cut..].to_vec();

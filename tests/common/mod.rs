@@ -26,9 +26,7 @@ pub fn python() -> PathBuf {
 
 /// Runs a script of `tests/hf` with the reference Python; panics with its output on failure.
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/hf")
-        .join(script);
+    let path = manifest_dir().join("tests/hf").join(script);
     let out = Command::new(python())
         .arg(&path)
         .args(args)
@@ -41,6 +39,13 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
+}
+
+/// The package's directory: cargo's runtime `CARGO_MANIFEST_DIR` (right even when the test
+/// binary was built in another checkout sharing the target folder), else the build's.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// The HF fixtures (tiny random models with reference outputs), built once per test binary.

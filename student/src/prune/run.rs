@@ -82,11 +82,7 @@ pub enum PruneRunError {
 impl PruneRunConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the key.
     pub fn from_toml_file(path: &Path) -> Result<Self, PruneRunError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PruneRunError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| PruneRunError::Config(format!("{}: {e}", path.display())))
+        distill_model::fsutil::read_toml(path).map_err(PruneRunError::Config)
     }
 }
 
@@ -178,9 +174,8 @@ pub fn run(config: &PruneRunConfig, device: &Device) -> Result<PruneReport, Prun
                     config.model.display()
                 ))
             })?;
-            let docs = data::read_documents(path)?;
             let name = path.display().to_string();
-            let tokens = data::tokenize_documents(tokenizer, &docs, tokenizer.eos_id(), &name)?;
+            let tokens = data::tokenize_file(tokenizer, path)?;
             calibrate::windows(
                 &tokens,
                 config.calib_samples,
