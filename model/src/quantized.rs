@@ -260,12 +260,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 997) as f32 / 500.0) - 1.0)
             .collect();
-        for name in Format::NAMES {
-            let (base, asym) = match name.strip_prefix("int4-asym-") {
-                Some(g) => (format!("int4-{g}"), true),
-                None => (name.to_owned(), false),
-            };
-            let f = Format::from_cli(&base, asym).unwrap();
+        for f in Format::all() {
             let m = PackedMatrix::quantize_rtn(&w, rows, cols, f).unwrap();
             let tensors = encode("l.weight", &m);
             let back = decode("l.weight", f, rows, cols, |n| {
@@ -275,7 +270,7 @@ mod tests {
                     .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
             })
             .unwrap();
-            assert_eq!(back, m, "{name}");
+            assert_eq!(back, m, "{f}");
             let h = header(&[("l.weight".into(), &m)], &json!({"method": "rtn"}));
             let formats = header_formats(&h).unwrap();
             assert_eq!(formats["l.weight"], (f, [rows, cols]));

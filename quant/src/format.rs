@@ -22,19 +22,25 @@ pub enum Format {
 }
 
 impl Format {
-    /// The formats the CLI offers, by their names.
-    pub const NAMES: [&'static str; 10] = [
-        "int8",
-        "int4-g32",
-        "int4-g64",
-        "int4-g128",
-        "int4-asym-g32",
-        "int4-asym-g64",
-        "int4-asym-g128",
-        "q8_0",
-        "q4_0",
-        "q4_1",
-    ];
+    /// Every format: int8, symmetric and asymmetric int4 at each group size, and the GGUF
+    /// block formats.
+    pub fn all() -> Vec<Format> {
+        let int4 = |group_size| {
+            [
+                Scheme::Int4Sym { group_size },
+                Scheme::Int4Asym { group_size },
+            ]
+        };
+        let mut out = vec![Format::Int(Scheme::Int8PerChannel)];
+        out.extend(
+            crate::GROUP_SIZES
+                .iter()
+                .flat_map(|&g| int4(g))
+                .map(Format::Int),
+        );
+        out.extend([GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1].map(Format::Ggml));
+        out
+    }
 
     /// Parses a CLI scheme name (`int8`, `int4-g64`, `q4_0`, ...) with the
     /// `--asym` flag, which only int4 takes.
@@ -208,13 +214,12 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in Format::NAMES {
-            let (base, asym) = match name.strip_prefix("int4-asym-") {
-                Some(g) => (format!("int4-{g}"), true),
-                None => (name.to_owned(), false),
-            };
-            let f = Format::from_cli(&base, asym).unwrap();
-            assert_eq!(f.to_string().parse::<Format>().unwrap(), f, "{name}");
+        assert_eq!(Format::all().len(), 10);
+        for f in Format::all() {
+            assert_eq!(f.to_string().parse::<Format>().unwrap(), f, "{f}");
+        }
+        for (name, asym) in [("int8", false), ("int4-g64", true), ("Q4_1", false)] {
+            assert!(Format::all().contains(&Format::from_cli(name, asym).unwrap()));
         }
         assert!(Format::from_cli("q4_0", true).is_err());
         assert!(Format::from_cli("int4-g48", false).is_err());

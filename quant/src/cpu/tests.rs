@@ -26,13 +26,7 @@ use crate::reference;
 
 /// Every packed format the kernels implement.
 fn formats() -> Vec<crate::Format> {
-    crate::Format::NAMES
-        .iter()
-        .map(|n| match n.strip_prefix("int4-asym-") {
-            Some(g) => crate::Format::from_cli(&format!("int4-{g}"), true).unwrap(),
-            None => crate::Format::from_cli(n, false).unwrap(),
-        })
-        .collect()
+    crate::Format::all()
 }
 
 /// `(rows, cols)`: SmolLM2's 576→576, 576→1536, 1536→576, odd row counts,

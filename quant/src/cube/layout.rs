@@ -225,22 +225,17 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * 2.0)
             .collect();
-        for name in Format::NAMES {
-            let (base, asym) = match name.strip_prefix("int4-asym-") {
-                Some(g) => (format!("int4-{g}"), true),
-                None => (name.to_owned(), false),
-            };
-            let f = Format::from_cli(&base, asym).unwrap();
+        for f in Format::all() {
             let m = PackedMatrix::quantize_rtn(&w, rows, cols, f).unwrap();
             let h = HostPacked::from_packed(&m).unwrap();
-            assert_eq!(h.bits, f.bits(), "{name}");
+            assert_eq!(h.bits, f.bits(), "{f}");
             let want = m.dequantize();
             for r in 0..rows {
                 let got = h.dequantize_row(r);
                 for (c, (a, b)) in got.iter().zip(&want[r * cols..]).enumerate() {
                     // s·u + o against s·(u − z): a rounding or two apart at most.
                     let tol = 4.0 * f32::EPSILON * (1.0 + b.abs()) * 128.0;
-                    assert!((a - b).abs() <= tol, "{name} ({r}, {c}): {a} vs {b}");
+                    assert!((a - b).abs() <= tol, "{f} ({r}, {c}): {a} vs {b}");
                 }
             }
         }
