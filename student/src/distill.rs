@@ -649,13 +649,18 @@ pub fn run(
         None => None,
     };
 
+    // The teacher is moved in here: unless it runs online, its weights are freed before
+    // training starts.
     let teacher_side = if config.kd.alpha == 0.0 {
+        drop(teacher);
         Teacher::None
     } else {
         match config.signal.mode {
             SignalMode::Online => Teacher::Online(Box::new(teacher.model)),
             SignalMode::Cached => {
-                Teacher::Cached(cached_signal(config, &teacher, &windows, &plain)?)
+                let cache = cached_signal(config, &teacher, &windows, &plain)?;
+                drop(teacher);
+                Teacher::Cached(cache)
             }
         }
     };
