@@ -1,3 +1,5 @@
-//! The teacher's InstructGPT path. So far: pretraining (from scratch or continued) on text.
+//! The teacher's InstructGPT path: pretraining (from scratch or continued) on text, and the
+//! JSON Lines records that supervised fine-tuning, the reward model and PPO read.
 
 pub mod pretrain;
+pub mod records;
