@@ -1,6 +1,8 @@
 //! `distill`: turn a large language model into small, fast domain models.
 
 mod cli;
+mod report;
+mod run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,10 +38,15 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Convert between an HF model directory and a GGUF file, either way.
     Convert(cli::convert::ConvertArgs),
-    /// Prefill and decode tokens/s of a model.
+    /// Prefill and decode tokens/s and peak memory of models, as one table.
     Bench(cli::bench::BenchArgs),
+    /// Render a benchmark report's Markdown, HTML and chart from its JSON; update a README.
+    Report(cli::report::ReportArgs),
     /// Quantize every decoder linear layer (RTN, GPTQ, AWQ or AWQ+GPTQ) into a packed format.
     Quantize(cli::quantize::QuantizeArgs),
+    /// Run a recipe: teacher stages, students (prune, distil, quantize), evaluation, speed,
+    /// export and a benchmark report, each stage skipped when done and resumable.
+    Run(cli::run::RunArgs),
     /// Teacher stages.
     #[command(subcommand)]
     Teacher(cli::teacher::TeacherCommand),
@@ -61,7 +68,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(&args, cli.device),
         Command::Convert(args) => cli::convert::run(&args),
         Command::Bench(args) => cli::bench::run(&args, cli.device),
+        Command::Report(args) => cli::report::run(&args),
         Command::Quantize(args) => cli::quantize::run(&args, cli.device),
+        Command::Run(args) => cli::run::run(&args, cli.device),
         Command::Teacher(command) => cli::teacher::run(command, cli.device),
         Command::Student(command) => cli::student::run(command, cli.device),
     };

@@ -285,3 +285,182 @@ print(json.dumps(out))
         assert_eq!(template.end_of_turn(tok), tok.token_to_id("<|im_end|>"));
     }
 }
+
+/// A benchmark report as `distill run` writes it: a teacher and two students, one without a
+/// speed, in `DIR/run/report.json`.
+fn sample_report(dir: &Path) -> PathBuf {
+    let model = |name: &str, role: &str, bytes: u64, ppl: f64, decode: Option<f64>| {
+        let student = role == "student";
+        serde_json::json!({
+            "name": name,
+            "role": role,
+            "path": format!("runs/demo/{name}"),
+            "format": if bytes < 200_000_000 { "q4_0" } else { "f32" },
+            "parameters": bytes / 4,
+            "bytes_on_disk": bytes,
+            "speed": decode.map(|d| serde_json::json!({
+                "prefill_tokens_per_s": d * 10.0,
+                "decode_tokens_per_s": d,
+                "peak_memory_bytes": bytes + 60_000_000,
+                "prompt_tokens": 128,
+                "decode_tokens": 32,
+                "repeats": 3,
+            })),
+            "quality": {
+                "man_perplexity": ppl,
+                "sotu_perplexity": ppl * 4.0,
+                "mc_accuracy": null,
+                "kl_to_teacher": if student { Some(0.8) } else { None },
+                "top1_agreement": if student { Some(0.63) } else { None },
+                "mc_flip_rate": null,
+            },
+        })
+    };
+    let report = serde_json::json!({
+        "title": "Man-page students",
+        "created": "2025-01-31T12:00:00Z",
+        "machine": {
+            "cpu": "Test CPU", "cores": 2, "memory_bytes": 25_769_803_776u64,
+            "os": "Linux", "device": "flex (CPU)",
+        },
+        "eval": {
+            "window": 512,
+            "windows": 64,
+            "data": [{"name": "man-page test", "path": "manpages.test.jsonl", "sha256": "0".repeat(64)}],
+        },
+        "settings": {"teacher": "smollm2"},
+        "models": [
+            model("teacher", "teacher", 540_000_000, 7.4, Some(14.0)),
+            model("pruned-kd", "student", 344_000_000, 16.4, Some(21.0)),
+            model("pruned-kd-q4", "student", 97_000_000, 17.9, None),
+        ],
+    });
+    let path = dir.join("run").join("report.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    path
+}
+
+/// `distill report` renders the three files; `--readme` replaces the text between the markers
+/// (again on a second run, to the same text) and fails, leaving the file, without them.
+#[test]
+fn report_renders_and_updates_a_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = sample_report(dir.path());
+    let readme = dir.path().join("README.md");
+    let original =
+        "# Project\n\nIntro.\n\n<!-- report:begin -->\nold\n<!-- report:end -->\n\nTail.\n";
+    std::fs::write(&readme, original).unwrap();
+    ok(&["report", path(&report), "--readme", path(&readme)]);
+    let run = dir.path().join("run");
+    for name in ["report.md", "report.html", "quality_vs_size.svg"] {
+        assert!(run.join(name).is_file(), "{name} not written");
+    }
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("| pruned-kd-q4 "), "{md}");
+
+    let text = std::fs::read_to_string(&readme).unwrap();
+    assert!(
+        text.starts_with("# Project\n\nIntro.\n\n<!-- report:begin -->\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("<!-- report:end -->\n\nTail.\n"), "{text}");
+    assert!(!text.contains("\nold\n"), "{text}");
+    let rows = text.lines().filter(|l| l.starts_with('|')).count();
+    assert_eq!(
+        rows,
+        2 + 3,
+        "header, separator and one row per model:\n{text}"
+    );
+    assert!(text.contains("](run/quality_vs_size.svg)"), "{text}");
+    ok(&["report", path(&report), "--readme", path(&readme)]);
+    assert_eq!(std::fs::read_to_string(&readme).unwrap(), text);
+
+    let bare = dir.path().join("NO-MARKERS.md");
+    std::fs::write(&bare, "# Nothing to replace\n").unwrap();
+    let err = fails(&["report", path(&report), "--readme", path(&bare)]);
+    assert!(
+        err.contains("NO-MARKERS.md") && err.contains("report:begin"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&bare).unwrap(),
+        "# Nothing to replace\n"
+    );
+}
+
+/// `distill bench` on two random models from their `config.json`: one table row each, with a
+/// peak memory that holds at least the larger model's weights.
+#[test]
+fn bench_measures_two_models_in_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.json");
+    let large = dir.path().join("large.json");
+    let config = |vocab, hidden, ffn| LlamaConfig::llama(vocab, hidden, ffn, 2, 4, 2);
+    let large_config = config(8192, 512, 1024);
+    for (file, c) in [
+        (&small, config(256, 32, 64)),
+        (&large, large_config.clone()),
+    ] {
+        std::fs::write(file, c.to_hf_json("float32").to_string()).unwrap();
+    }
+    let json = dir.path().join("bench.json");
+    let out = ok(&[
+        "bench",
+        path(&small),
+        path(&large),
+        "--prompt-tokens",
+        "8",
+        "--decode-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--json",
+        path(&json),
+    ]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('|')).skip(2).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].contains("small.json") && rows[1].contains("large.json"),
+        "{out}"
+    );
+    assert!(out.lines().next().unwrap().contains("peak MB"), "{out}");
+    for row in &rows {
+        let peak: f64 = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(peak > 1.0, "peak MB {peak} in {row}");
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let models = report["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let weights = (large_config.num_parameters() * 4) as u64;
+    let peak = models[1]["speed"]["peak_memory_bytes"].as_u64().unwrap();
+    assert!(
+        peak > weights,
+        "peak {peak} bytes below the weights' {weights}"
+    );
+    for m in models {
+        assert!(
+            m["speed"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{m}"
+        );
+        assert_eq!(m["speed"]["prompt_tokens"], 8);
+    }
+}
+
+/// The HTML report renders in headless Chromium (`scripts/render-html`) to a page that is
+/// not blank and shows the chart's markers in their colours. Skips, saying so, without
+/// Chromium; CI installs it.
+#[test]
+fn report_html_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = sample_report(dir.path());
+    ok(&["report", path(&report)]);
+    common::assert_html_renders(&dir.path().join("run/report.html"));
+}

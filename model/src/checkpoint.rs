@@ -461,7 +461,7 @@ impl ModuleVisitor for NamedTensors {
 }
 
 /// Every parameter of `model` as `(HF name, data)`, in module order.
-pub fn named_tensors(model: &LlamaForCausalLM) -> Vec<(String, TensorData)> {
+pub fn named_tensors<M: Module>(model: &M) -> Vec<(String, TensorData)> {
     let mut visitor = NamedTensors {
         path: Vec::new(),
         out: Vec::new(),

@@ -192,7 +192,7 @@ impl PackedWindows {
 }
 
 /// A permutation of `0..n` from a seed (Fisher–Yates over SplitMix64).
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

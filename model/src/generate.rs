@@ -31,9 +31,38 @@ pub fn generate(
     config: &GenerateConfig,
     device: &Device,
 ) -> Vec<Vec<u32>> {
+    generate_continuations(model, prompts, config, device)
+        .into_iter()
+        .map(|c| c.tokens)
+        .collect()
+}
+
+/// One row's generated text and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continuation {
+    /// The new ids, without the stop token.
+    pub tokens: Vec<u32>,
+    /// The stop token that ended the row; `None` when it ran to `max_new_tokens`.
+    pub stop_token: Option<u32>,
+}
+
+/// Like [`generate`], also saying which stop token ended each row (what RL rollouts score).
+pub fn generate_continuations(
+    model: &LlamaForCausalLM,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+    device: &Device,
+) -> Vec<Continuation> {
     let batch = prompts.len();
+    let mut out = vec![
+        Continuation {
+            tokens: Vec::new(),
+            stop_token: None,
+        };
+        batch
+    ];
     if batch == 0 || config.max_new_tokens == 0 {
-        return vec![Vec::new(); batch];
+        return out;
     }
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let mut ids = Vec::with_capacity(batch * width);
@@ -55,7 +84,6 @@ pub fn generate(
             })
         })
         .collect();
-    let mut out = vec![Vec::new(); batch];
     let mut done = vec![false; batch];
     for _ in 0..config.max_new_tokens {
         let mut next = Vec::with_capacity(batch);
@@ -68,13 +96,14 @@ pub fn generate(
             if !done[b] {
                 if config.stop_tokens.contains(&token) {
                     done[b] = true;
+                    out[b].stop_token = Some(token);
                 } else {
-                    out[b].push(token);
+                    out[b].tokens.push(token);
                 }
             }
             next.push(token as i64);
         }
-        if done.iter().all(|&d| d) || out.iter().any(|o| o.len() == config.max_new_tokens) {
+        if done.iter().all(|&d| d) || out.iter().any(|o| o.tokens.len() == config.max_new_tokens) {
             break;
         }
         let input = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), device);
@@ -144,8 +173,12 @@ mod tests {
         let first = generate(&model, &[vec![3, 4]], &free, &device)[0][0];
         let stopped = GenerateConfig {
             stop_tokens: vec![first],
-            ..free
+            ..free.clone()
         };
         assert!(generate(&model, &[vec![3, 4]], &stopped, &device)[0].is_empty());
+        let ended = generate_continuations(&model, &[vec![3, 4]], &stopped, &device);
+        assert_eq!(ended[0].stop_token, Some(first));
+        let ran_out = generate_continuations(&model, &[vec![3, 4]], &free, &device);
+        assert_eq!((ran_out[0].tokens.len(), ran_out[0].stop_token), (6, None));
     }
 }

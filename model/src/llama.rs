@@ -519,6 +519,31 @@ pub struct LlamaModel {
     pub norm: RmsNorm,
 }
 
+impl LlamaModel {
+    /// The final normed hidden states `[batch, seq, hidden]` of `input_ids` laid out as
+    /// `layout` (HF's `LlamaModel.forward`): the backbone a head such as a reward model's
+    /// `score` sits on. RoPE takes the config's `head_dim` and `rope_theta`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        layout: &Layout,
+        head_dim: usize,
+        rope_theta: f64,
+    ) -> Tensor<3> {
+        let device = input_ids.device();
+        let mut step = Step {
+            rope: Rope::new(layout, head_dim, rope_theta, &device),
+            bias: layout.attention_bias(&device),
+            capture: None,
+        };
+        let mut x = self.embed_tokens.forward(input_ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &mut step, &format!("model.layers.{i}"), None);
+        }
+        self.norm.forward(x)
+    }
+}
+
 /// A causal language model: the decoder plus `lm_head` (absent when tied to the embedding).
 #[derive(Module, Debug)]
 pub struct LlamaForCausalLM {
@@ -640,14 +665,8 @@ impl LlamaForCausalLM {
     /// The final normed hidden states `[batch, seq, hidden]`: everything but the output head.
     /// With [`head`](Self::head) a loss can compute logits a chunk of positions at a time.
     pub fn hidden_states(&self, input_ids: Tensor<2, Int>, layout: &Layout) -> Tensor<3> {
-        let device = input_ids.device();
-        let mut step = Step {
-            rope: Rope::new(layout, self.head_dim, self.rope_theta, &device),
-            bias: layout.attention_bias(&device),
-            capture: None,
-        };
-        let x = self.decoder(input_ids, &mut step, None);
-        self.model.norm.forward(x)
+        self.model
+            .forward(input_ids, layout, self.head_dim, self.rope_theta)
     }
 
     /// The output head's weight `[vocab, hidden]` (HF layout): `lm_head.weight`, or the

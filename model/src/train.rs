@@ -216,8 +216,9 @@ impl ModuleVisitor for ParamIds {
     }
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+/// Scales all gradients so their global L2 norm is at most `max_norm` (0: no clipping);
+/// returns the norm before.
+pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut ids = ParamIds(Vec::new());
     model.visit(&mut ids);
     fn sq<const D: usize>(g: &GradientsParams, id: ParamId) -> f64 {
@@ -269,25 +270,36 @@ fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
 }
 
 /// The checkpoint folder's layout: `step-NNNNNN/{model.bpk, optimizer.bpk, state.json}` and a
-/// `latest` file naming the newest complete one.
-struct Checkpoints {
+/// `latest` file naming the newest complete one. Loops other than [`train`] (PPO's) keep their
+/// own run state in `state.json`.
+pub struct Checkpoints {
     dir: PathBuf,
 }
 
 impl Checkpoints {
-    fn latest(&self) -> Option<PathBuf> {
+    /// The checkpoints in folder `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub fn latest(&self) -> Option<PathBuf> {
         let name = std::fs::read_to_string(self.dir.join("latest")).ok()?;
         let path = self.dir.join(name.trim());
         path.join("state.json").is_file().then_some(path)
     }
 
-    fn save<M: Module>(
+    /// Writes the checkpoint of step `step` atomically, then drops the previous one.
+    pub fn save<M: Module, S: Serialize>(
         &self,
+        step: usize,
         model: &M,
         optim: &ModuleOptimizer,
-        state: &RunState,
+        state: &S,
     ) -> Result<PathBuf, TrainError> {
-        let name = format!("step-{:06}", state.step);
+        let name = format!("step-{step:06}");
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -316,12 +328,13 @@ impl Checkpoints {
         Ok(final_dir)
     }
 
-    fn load<M: Module>(
+    /// Loads the checkpoint at `path` into `model` and `optim`, with its run state.
+    pub fn load<M: Module, S: serde::de::DeserializeOwned>(
         &self,
         path: &Path,
         model: M,
         optim: ModuleOptimizer,
-    ) -> Result<(M, ModuleOptimizer, RunState), TrainError> {
+    ) -> Result<(M, ModuleOptimizer, S), TrainError> {
         let read = |file: &str| std::fs::read(path.join(file)).map_err(|e| ckpt_err(path, e));
         let record =
             ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(read("model.bpk")?))
@@ -332,7 +345,7 @@ impl Checkpoints {
         let optim = optim
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(read("optimizer.bpk")?))
             .map_err(|e| ckpt_err(path, format!("optimizer.bpk: {e:?}")))?;
-        let state: RunState = serde_json::from_slice(&read("state.json")?)
+        let state: S = serde_json::from_slice(&read("state.json")?)
             .map_err(|e| ckpt_err(path, format!("state.json: {e}")))?;
         Ok((model, optim, state))
     }
@@ -356,9 +369,7 @@ where
     T: TrainTask<M>,
 {
     config.validate().map_err(TrainError::Config)?;
-    let checkpoints = Checkpoints {
-        dir: checkpoint_dir.to_path_buf(),
-    };
+    let checkpoints = Checkpoints::new(checkpoint_dir);
     std::fs::create_dir_all(checkpoint_dir).map_err(|e| ckpt_err(checkpoint_dir, e))?;
     let mut model = model;
     let mut optim = optimizer(config);
@@ -370,7 +381,7 @@ where
     if control.resume
         && let Some(path) = checkpoints.latest()
     {
-        let (m, o, s) = checkpoints.load(&path, model, optim)?;
+        let (m, o, s): (M, ModuleOptimizer, RunState) = checkpoints.load(&path, model, optim)?;
         if s.config.as_ref().is_some_and(|c| c != config) {
             tracing::warn!("resuming {} with changed training settings", path.display());
         }
@@ -462,7 +473,7 @@ where
             ));
         }
         if last || state.step.is_multiple_of(config.checkpoint_every) {
-            last_good = Some(checkpoints.save(&model, &optim, &state)?);
+            last_good = Some(checkpoints.save(state.step, &model, &optim, &state)?);
         }
     }
     bar.finish();

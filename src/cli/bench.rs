@@ -1,21 +1,24 @@
-//! `distill bench MODEL`: prefill and decode speed of a model on the chosen device, the way
-//! generation runs it (KV cache, logits of the last position only).
+//! `distill bench MODEL…`: prefill and decode speed and peak memory of models on the chosen
+//! device, the way generation runs them (`crate::report::speed`), as one table.
 
+use crate::report::markdown::{self, NONE};
+use crate::report::speed::{self, Speed, SpeedSettings};
 use anyhow::{Context, Result};
-use burn::prelude::*;
 use clap::Args;
 use distill_model::LlamaConfig;
 use distill_model::device::DeviceChoice;
+use distill_model::fsutil;
 use distill_quant::Format;
 use distill_student::quantize::{Method, QuantizeConfig, quantize_model};
+use serde::Serialize;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// An HF model directory (dense or quantized), a GGUF file, or a `config.json` file: an
+    /// HF model directories (dense or quantized), GGUF files, or `config.json` files: an
     /// architecture with random weights (speed does not depend on the values).
-    model: PathBuf,
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
     /// Round-to-nearest quantize the decoder's linear layers to this scheme first (int8,
     /// int4-g64, q4_0, ...): speed only; `distill quantize` makes models worth evaluating.
     #[arg(long)]
@@ -29,82 +32,120 @@ pub struct BenchArgs {
     /// Timed repetitions; the median is reported (one untimed warm-up run comes first).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// One model's measurement.
+#[derive(Serialize)]
+struct BenchRow {
+    model: String,
+    quantize: Option<String>,
+    parameters: usize,
+    /// Weight bytes each decoded token reads.
+    decode_weight_bytes: usize,
+    speed: Speed,
 }
 
 pub fn run(args: &BenchArgs, choice: DeviceChoice) -> Result<()> {
+    let settings = SpeedSettings {
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        repeats: args.repeats,
+    };
     anyhow::ensure!(
         args.prompt_tokens > 0 && args.decode_tokens > 0 && args.repeats > 0,
         "--prompt-tokens, --decode-tokens and --repeats must be at least 1"
     );
+    let format = match &args.quantize {
+        Some(scheme) => Some(Format::from_cli(scheme, false).context("--quantize")?),
+        None => None,
+    };
     let device = choice.open()?;
-    let (config, mut model) = if args.model.extension().is_some_and(|e| e == "json") {
-        let config = LlamaConfig::from_file(&args.model)?;
-        let model = config.init(&device, 0);
-        (config, model)
-    } else {
-        let m = super::load_model(&args.model, &device)?;
-        (m.config, m.model)
-    };
-    if let Some(scheme) = &args.quantize {
-        let format = Format::from_cli(scheme, false).context("--quantize")?;
-        quantize_model(
-            &mut model,
-            &QuantizeConfig::new(format, Method::Rtn),
-            None,
-            &device,
-            |_| {},
-        )?;
-    }
-    let vocab = config.vocab_size as i64;
-    let ids = |n: usize, offset: usize| {
-        let v: Vec<i64> = (0..n)
-            .map(|i| ((i + offset) as i64 * 7919) % vocab)
-            .collect();
-        Tensor::<2, Int>::from_data(TensorData::new(v, [1, n]), &device)
-    };
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for run in 0..=args.repeats {
-        let mut cache = model.new_cache(1);
-        let start = Instant::now();
-        let logits = model.forward_cached_last(ids(args.prompt_tokens, 0), None, &mut cache);
-        logits.into_data();
-        let prefill_s = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        for t in 0..args.decode_tokens {
-            let logits = model.forward_cached_last(ids(1, t + 1), None, &mut cache);
-            logits.into_data();
+    let mut rows = Vec::new();
+    // One model in memory at a time, so each peak holds only its own weights.
+    for path in &args.models {
+        let (config, mut model) = if path.extension().is_some_and(|e| e == "json") {
+            let config = LlamaConfig::from_file(path)?;
+            let model = config.init(&device, 0);
+            (config, model)
+        } else {
+            let m = super::load_model(path, &device)?;
+            (m.config, m.model)
+        };
+        if let Some(format) = format {
+            quantize_model(
+                &mut model,
+                &QuantizeConfig::new(format, Method::Rtn),
+                None,
+                &device,
+                |_| {},
+            )?;
         }
-        let decode_s = start.elapsed().as_secs_f64();
-        if run > 0 {
-            prefill.push(args.prompt_tokens as f64 / prefill_s);
-            decode.push(args.decode_tokens as f64 / decode_s);
-        }
+        tracing::info!("measuring {}", path.display());
+        let speed = speed::measure(&model, &config, &settings, &device)
+            .with_context(|| format!("cannot measure {}", path.display()))?;
+        rows.push(BenchRow {
+            model: path.display().to_string(),
+            quantize: args.quantize.clone(),
+            parameters: config.num_parameters(),
+            decode_weight_bytes: model.decode_weight_bytes(),
+            speed,
+        });
     }
-    let streamed = model.decode_weight_bytes() as f64;
-    let decode = median(decode);
+    print!("{}", table(&rows));
     println!(
-        "model {}{}  device {choice}  parameters {}  weights read per token {:.1} MB",
-        args.model.display(),
-        args.quantize
-            .as_ref()
-            .map_or(String::new(), |q| format!(" ({q})")),
-        config.num_parameters(),
-        streamed / 1e6
-    );
-    println!(
-        "prefill {} tokens: {:.1} tokens/s   decode {} tokens after it: {:.1} tokens/s, {:.1} GB/s of weights   (median of {})",
+        "device {choice}; prefill {} tokens, then decode {} tokens after it; median of {} runs \
+         after a warm-up; peak = the process's peak resident memory meanwhile{}",
         args.prompt_tokens,
-        median(prefill),
         args.decode_tokens,
-        decode,
-        decode * streamed / 1e9,
-        args.repeats
+        args.repeats,
+        args.quantize.as_ref().map_or(String::new(), |q| format!(
+            "; decoder layers RTN-quantized to {q}"
+        ))
     );
+    if rows.iter().any(|r| r.speed.peak_memory_bytes.is_none()) {
+        println!("peak memory: not available on this OS (needs Linux's /proc/self/clear_refs)");
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "device": choice.to_string(),
+            "settings": settings,
+            "models": rows,
+        });
+        fsutil::write_json_atomic(path, &json)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// The results as a Markdown table, one row per model.
+fn table(rows: &[BenchRow]) -> String {
+    let header = [
+        "model",
+        "parameters",
+        "MB read/token",
+        "prefill tok/s",
+        "decode tok/s",
+        "decode GB/s",
+        "peak MB",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let s = &r.speed;
+            let streamed = r.decode_weight_bytes as f64;
+            vec![
+                r.model.clone(),
+                markdown::count(r.parameters as u64),
+                markdown::mb(r.decode_weight_bytes as u64),
+                markdown::sig3(s.prefill_tokens_per_s),
+                markdown::sig3(s.decode_tokens_per_s),
+                markdown::sig3(s.decode_tokens_per_s * streamed / 1e9),
+                s.peak_memory_bytes.map_or(NONE.to_string(), markdown::mb),
+            ]
+        })
+        .collect();
+    markdown::table(&header, &cells, 1)
 }

@@ -1,9 +1,11 @@
-//! `distill eval MODEL --data FILE`: the evaluation protocol of `distill_model::eval`.
+//! `distill eval MODEL --data FILE`: the evaluation protocol of `distill_model::eval`; with
+//! `--choices FILE`, multiple choice over rankings (`distill_teacher::questions::choice`).
 
 use anyhow::{Context, Result};
 use clap::Args;
 use distill_model::device::DeviceChoice;
 use distill_model::eval::{self, EvalConfig, EvalData};
+use distill_teacher::questions::choice;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -13,15 +15,19 @@ pub struct EvalArgs {
     model: PathBuf,
     /// Text (.jsonl of {"text"} lines, or plain text), or token ids (.json: a list, or a list
     /// of lists = documents).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "choices")]
+    data: Option<PathBuf>,
+    /// Instead of perplexity, multiple choice over the rankings of this JSON Lines file: each
+    /// candidate scored by its log-likelihood after the prompt in the model's chat template.
+    #[arg(long, conflicts_with_all = ["data", "teacher"])]
+    choices: Option<PathBuf>,
     /// Tokens per window (each scored on window − 1 next-token predictions).
     #[arg(long, default_value_t = 512)]
     window: usize,
     /// Most windows, evenly spaced over the stream.
     #[arg(long, default_value_t = 64)]
     windows: usize,
-    /// Windows per forward.
+    /// Windows per forward (with --choices: candidate sequences per forward).
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Also compare with this teacher (HF directory or GGUF file, same vocabulary): KL(teacher ‖
@@ -36,7 +42,13 @@ pub struct EvalArgs {
 pub fn run(args: &EvalArgs, device: DeviceChoice) -> Result<()> {
     let device = device.open()?;
     let m = super::load_model(&args.model, &device)?;
-    let data = EvalData::load(&args.data, m.tokenizer.as_ref(), eval::document_eos(&m))?;
+    let name = args.model.display().to_string();
+    let data = match (&args.data, &args.choices) {
+        (Some(data), _) => data,
+        (None, Some(choices)) => return run_choices(args, &m, &name, choices, &device),
+        (None, None) => anyhow::bail!("give --data FILE or --choices FILE"),
+    };
+    let data = EvalData::load(data, m.tokenizer.as_ref(), eval::document_eos(&m))?;
     let config = EvalConfig {
         window: args.window,
         windows: args.windows,
@@ -49,7 +61,6 @@ pub fn run(args: &EvalArgs, device: DeviceChoice) -> Result<()> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let name = args.model.display().to_string();
     let teacher = match &args.teacher {
         Some(path) => Some((
             super::load_model(path, &device)?,
@@ -64,8 +75,39 @@ pub fn run(args: &EvalArgs, device: DeviceChoice) -> Result<()> {
     bar.finish_and_clear();
     let report = report?;
     println!("{report}");
+    write_json(args, &report)
+}
+
+/// Multiple choice over the rankings of `path`, with a progress bar over candidate sequences.
+fn run_choices(
+    args: &EvalArgs,
+    m: &distill_model::checkpoint::ModelDir,
+    name: &str,
+    path: &std::path::Path,
+    device: &burn::prelude::Device,
+) -> Result<()> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] candidate {pos}/{len} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let report = choice::evaluate_choices(m, name, path, args.batch, device, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{report}");
+    write_json(args, &report)
+}
+
+/// Writes the report as JSON to `--json`, when given.
+fn write_json(args: &EvalArgs, report: &impl serde::Serialize) -> Result<()> {
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)? + "\n";
+        let json = serde_json::to_string_pretty(report)? + "\n";
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

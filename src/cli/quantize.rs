@@ -4,6 +4,7 @@
 //! `convert` read.
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use clap::Args;
 use distill_model::checkpoint::{self, SaveOptions};
 use distill_model::device::DeviceChoice;
@@ -12,9 +13,9 @@ use distill_quant::Format;
 use distill_quant::ScaleSearch;
 use distill_student::calibrate;
 use distill_student::quantize::{Method, QuantizeConfig, quantize_model_sequential};
-use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -23,93 +24,127 @@ pub struct QuantizeArgs {
     model: PathBuf,
     /// Output: a quantized HF-style model directory.
     output: PathBuf,
+    #[command(flatten)]
+    settings: QuantizeSettings,
+}
+
+/// How to quantize: the flags of `distill quantize`, and a recipe's `[[student.quantize]]`.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantizeSettings {
     /// int8, int4-g32, int4-g64, int4-g128, q8_0, q4_0 or q4_1.
     #[arg(long)]
-    scheme: String,
-    /// Asymmetric int4 (a zero point per group).
+    pub scheme: String,
+    /// Asymmetric int4 (a zero point per group). Default false.
     #[arg(long)]
-    asym: bool,
-    /// rtn, gptq, awq or awq+gptq.
+    pub asym: bool,
+    /// rtn, gptq, awq or awq+gptq. Default rtn.
     #[arg(long, default_value = "rtn")]
-    method: String,
+    pub method: String,
     /// Calibration text (.jsonl of {"text"} lines, plain text, or .json token ids); needed by
     /// every method but rtn. Its windows run through the model layer by layer, each layer's
     /// statistics taken after the layers before it are quantized.
     #[arg(long)]
-    calib: Option<PathBuf>,
-    /// Calibration windows, drawn at seeded random offsets.
+    pub calib: Option<PathBuf>,
+    /// Calibration windows, drawn at seeded random offsets. Default 32.
     #[arg(long, default_value_t = 32)]
-    calib_samples: usize,
-    /// Tokens per calibration window.
+    pub calib_samples: usize,
+    /// Tokens per calibration window. Default 512.
     #[arg(long, default_value_t = 512)]
-    calib_len: usize,
-    /// Seed of the calibration draw.
+    pub calib_len: usize,
+    /// Seed of the calibration draw. Default 0.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// GPTQ dampening, as a fraction of the Hessian's mean diagonal.
+    pub seed: u64,
+    /// GPTQ dampening, as a fraction of the Hessian's mean diagonal. Default 0.01.
     #[arg(long, default_value_t = 0.01)]
-    damp: f64,
-    /// GPTQ: process columns by decreasing Hessian diagonal (with static groups).
+    pub damp: f64,
+    /// GPTQ: process columns by decreasing Hessian diagonal (with static groups). Default false.
     #[arg(long)]
-    act_order: bool,
+    pub act_order: bool,
     /// GPTQ: choose each group's scale by searching shrunk ranges for the least error (the
-    /// reference's `mse=True`) instead of taking the group's min and max.
+    /// reference's `mse=True`) instead of taking the group's min and max. Default false.
     #[arg(long)]
-    scale_search: bool,
+    pub scale_search: bool,
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{elapsed_precise}} [{{bar:30}}] {what} {{pos}}/{{len}} {{msg}}"
-        ))
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar
+impl Default for QuantizeSettings {
+    fn default() -> Self {
+        Self {
+            scheme: String::new(),
+            asym: false,
+            method: "rtn".into(),
+            calib: None,
+            calib_samples: 32,
+            calib_len: 512,
+            seed: 0,
+            damp: 0.01,
+            act_order: false,
+            scale_search: false,
+        }
+    }
+}
+
+impl QuantizeSettings {
+    /// The format and method, checked; the error names the bad setting.
+    pub fn parse(&self) -> Result<(Format, Method)> {
+        let format = Format::from_cli(&self.scheme, self.asym).context("scheme")?;
+        let method: Method = self
+            .method
+            .parse()
+            .map_err(|e| anyhow::anyhow!("method: {e}"))?;
+        if method.needs_calibration() && self.calib.is_none() {
+            bail!("method {method} needs calibration text (calib)");
+        }
+        Ok((format, method))
+    }
 }
 
 pub fn run(args: &QuantizeArgs, device: DeviceChoice) -> Result<()> {
-    let format = Format::from_cli(&args.scheme, args.asym).context("--scheme")?;
-    let method: Method = args
-        .method
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--method: {e}"))?;
-    if method.needs_calibration() && args.calib.is_none() {
-        bail!("--method {method} needs calibration text: pass --calib FILE");
-    }
-    let mut config = QuantizeConfig::new(format, method);
-    config.gptq.damp = args.damp;
-    config.gptq.act_order = args.act_order;
-    config.gptq.scale_search = args.scale_search.then(ScaleSearch::default);
     let device = device.open()?;
+    let summary = quantize(&args.model, &args.output, &args.settings, &device)?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Quantizes the model at `model` into the quantized model directory `output`; returns a
+/// one-line summary.
+pub fn quantize(
+    model: &Path,
+    output: &Path,
+    settings: &QuantizeSettings,
+    device: &Device,
+) -> Result<String> {
+    let (format, method) = settings.parse()?;
+    let mut config = QuantizeConfig::new(format, method);
+    config.gptq.damp = settings.damp;
+    config.gptq.act_order = settings.act_order;
+    config.gptq.scale_search = settings.scale_search.then(ScaleSearch::default);
     let start = Instant::now();
-    let mut m = super::load_model(&args.model, &device)?;
+    let mut m = super::load_model(model, device)?;
     let mut header = config.describe();
-    header["source"] = json!(args.model.display().to_string());
-    let windows = match (&args.calib, method.needs_calibration()) {
+    header["source"] = json!(model.display().to_string());
+    let windows = match (&settings.calib, method.needs_calibration()) {
         (Some(path), true) => {
             let data = EvalData::load(path, m.tokenizer.as_ref(), eval::document_eos(&m))?;
             let origin = path.display().to_string();
             let windows = calibrate::windows(
                 &data.tokens,
-                args.calib_samples,
-                args.calib_len,
-                args.seed,
+                settings.calib_samples,
+                settings.calib_len,
+                settings.seed,
                 &origin,
             )?;
             header["calibration"] = json!({
-                "file": origin, "sha256": data.sha256, "samples": args.calib_samples,
-                "length": args.calib_len, "seed": args.seed, "layer_by_layer": true,
+                "file": origin, "sha256": data.sha256, "samples": settings.calib_samples,
+                "length": settings.calib_len, "seed": settings.seed, "layer_by_layer": true,
             });
             windows
         }
         _ => Vec::new(),
     };
     let layers = m.model.linears().len();
-    let bar = bar(layers, "layer");
-    let report = quantize_model_sequential(&mut m.model, &config, &windows, &device, |name| {
+    let bar = super::progress_bar(layers, "layer");
+    let report = quantize_model_sequential(&mut m.model, &config, &windows, device, |name| {
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;
@@ -118,13 +153,13 @@ pub fn run(args: &QuantizeArgs, device: DeviceChoice) -> Result<()> {
         quantization: Some(header),
         ..SaveOptions::default()
     };
-    checkpoint::save_dir(&args.output, &m, options)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    checkpoint::save_dir(output, &m, options)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     let error: f64 = report.layers.iter().filter_map(|l| l.output_error).sum();
-    println!(
+    Ok(format!(
         "{} -> {}: {} layers to {format} with {method}, {:.1} MB -> {:.1} MB{}, in {:.1?}",
-        args.model.display(),
-        args.output.display(),
+        model.display(),
+        output.display(),
         report.layers.len(),
         report.bytes_before as f64 / 1e6,
         report.bytes_after as f64 / 1e6,
@@ -134,8 +169,7 @@ pub fn run(args: &QuantizeArgs, device: DeviceChoice) -> Result<()> {
             String::new()
         },
         start.elapsed()
-    );
-    Ok(())
+    ))
 }
 
 fn stats_present(report: &distill_student::quantize::QuantizeReport) -> bool {

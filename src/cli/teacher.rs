@@ -4,13 +4,55 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use distill_model::device::DeviceChoice;
 use distill_model::train::TrainControl;
+use distill_teacher::ppo::{self, PpoConfig};
 use distill_teacher::pretrain::{self, PretrainConfig};
+use distill_teacher::questions::generate::{self as questions, QuestionsConfig};
+use distill_teacher::reward::{self, AccuracyReport, RewardConfig};
+use distill_teacher::sft::{self, SftConfig};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum TeacherCommand {
     /// Pretrain from scratch or continue training a model on text.
     Pretrain(PretrainArgs),
+    /// Supervised fine-tuning on demonstrations (loss on the assistant's tokens only).
+    Sft(StageArgs),
+    /// Train a reward model on ranked answers, from the SFT model.
+    Reward(StageArgs),
+    /// Generate the man-page question set: demonstrations, rankings, prompts, judge facts.
+    Questions(QuestionsArgs),
+    /// PPO against the reward model with a KL penalty to the SFT policy.
+    Ppo(PpoArgs),
+}
+
+#[derive(Args)]
+pub struct PpoArgs {
+    /// A TOML file of settings (see README); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Rollout-and-update steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the last checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Args)]
+pub struct QuestionsArgs {
+    /// Folder of the shared split: manpages.{train,validation,test}.jsonl and
+    /// sotu.{train,validation,test}.jsonl (off-topic candidates).
+    #[arg(long, default_value = "assets/data")]
+    manpages_dir: PathBuf,
+    /// Output folder (replaced as a whole).
+    #[arg(long, default_value = "assets/questions")]
+    out: PathBuf,
+    /// Seed of the phrasing, candidate and order choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -41,7 +83,87 @@ pub struct PretrainArgs {
 pub fn run(command: TeacherCommand, device: DeviceChoice) -> Result<()> {
     match command {
         TeacherCommand::Pretrain(args) => run_pretrain(args, device),
+        TeacherCommand::Sft(args) => run_sft(args, device),
+        TeacherCommand::Reward(args) => run_reward(args, device),
+        TeacherCommand::Questions(args) => run_questions(args),
+        TeacherCommand::Ppo(args) => run_ppo(args, device),
     }
+}
+
+fn run_ppo(args: PpoArgs, device: DeviceChoice) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => PpoConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
+        None => PpoConfig::default(),
+    };
+    if let Some(steps) = args.steps {
+        config.steps = steps;
+    }
+    if let Some(out) = args.out {
+        config.out = out;
+    }
+    let control = TrainControl {
+        resume: args.resume,
+        ..TrainControl::default()
+    };
+    let t0 = std::time::Instant::now();
+    let s = ppo::run(&config, &device.open()?, &control)?;
+    println!(
+        "PPO finished: {} steps in {:.1}s ({} this run)",
+        s.steps_done,
+        t0.elapsed().as_secs_f64(),
+        s.steps_done - s.start_step
+    );
+    let window = s.history.len().min(5);
+    if window > 0 {
+        let (first, last) = (&s.history[..window], &s.history[s.history.len() - window..]);
+        let mean = |rows: &[ppo::log::PpoLogRow], f: fn(&ppo::log::PpoLogRow) -> f64| {
+            rows.iter().map(f).sum::<f64>() / rows.len() as f64
+        };
+        println!(
+            "  score {:.3} → {:.3}, KL {:.2} → {:.2} nats/response (means of the first and last {window} steps)",
+            mean(first, |r| r.score),
+            mean(last, |r| r.score),
+            mean(first, |r| r.kl),
+            mean(last, |r| r.kl)
+        );
+        if first.iter().all(|r| r.gold.is_some()) {
+            println!(
+                "  gold score {:.3} → {:.3}",
+                mean(first, |r| r.gold.unwrap_or(f64::NAN)),
+                mean(last, |r| r.gold.unwrap_or(f64::NAN))
+            );
+        }
+    }
+    println!(
+        "  log written to {}",
+        config.out.join("ppo_log.csv").display()
+    );
+    if let Some(dir) = &s.model_dir {
+        println!(
+            "  plot written to {}",
+            config.out.join("ppo_log.svg").display()
+        );
+        println!("  model written to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn run_questions(args: QuestionsArgs) -> Result<()> {
+    let config = QuestionsConfig {
+        manpages_dir: args.manpages_dir,
+        out: args.out,
+        seed: args.seed,
+        ..QuestionsConfig::default()
+    };
+    let t0 = std::time::Instant::now();
+    let summary = questions::run(&config)?;
+    println!("{summary}");
+    println!(
+        "question set written to {} in {:.1}s",
+        config.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn run_pretrain(args: PretrainArgs, device: DeviceChoice) -> Result<()> {
@@ -90,4 +212,146 @@ fn run_pretrain(args: PretrainArgs, device: DeviceChoice) -> Result<()> {
     }
     println!("  model written to {}", s.model_dir.display());
     Ok(())
+}
+
+/// The flags `teacher sft` and `teacher reward` share.
+#[derive(Args)]
+pub struct StageArgs {
+    /// A TOML file of settings (see README); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The model to start from (HF directory or GGUF file).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Training records (.jsonl).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation records (.jsonl).
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Continue from the last checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+}
+
+impl StageArgs {
+    fn control(&self) -> TrainControl {
+        TrainControl {
+            resume: self.resume,
+            ..TrainControl::default()
+        }
+    }
+}
+
+fn run_sft(args: StageArgs, device: DeviceChoice) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => SftConfig::from_toml_file(path)?,
+        None => SftConfig::default(),
+    };
+    if let Some(init) = args.init.clone() {
+        config.init = init;
+    }
+    if let Some(data) = args.data.clone() {
+        config.train_data = data;
+    }
+    if let Some(valid) = args.valid.clone() {
+        config.valid_data = Some(valid);
+    }
+    if let Some(out) = args.out.clone() {
+        config.out = out;
+    }
+    if let Some(steps) = args.steps {
+        config.train.steps = steps;
+    }
+    let s = sft::run(&config, &device.open()?, &args.control())?;
+    println!(
+        "fine-tuning finished: {} steps in {:.1}s ({:.2}s per step over the whole run, loading included)",
+        s.steps,
+        s.seconds,
+        s.seconds / s.history.len().max(1) as f64
+    );
+    println!(
+        "  {} training / {} validation demonstrations, {:.1} tokens each ({:.1} trained); {} prompts and {} responses truncated",
+        s.train_examples,
+        s.valid_examples,
+        s.mean_tokens.0,
+        s.mean_tokens.1,
+        s.truncated_prompts,
+        s.truncated_responses
+    );
+    if let Some(p) = s.history.last() {
+        println!("  final train loss {:.4}", p.train);
+    }
+    if let Some(v) = s.history.iter().rev().find_map(|p| p.valid) {
+        println!("  final valid loss {v:.4}");
+    }
+    if s.steps == config.train.steps {
+        println!("  model written to {}", s.model_dir.display());
+    }
+    Ok(())
+}
+
+fn run_reward(args: StageArgs, device: DeviceChoice) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => RewardConfig::from_toml_file(path)?,
+        None => RewardConfig::default(),
+    };
+    if let Some(init) = args.init.clone() {
+        config.init = init;
+    }
+    if let Some(data) = args.data.clone() {
+        config.train_data = data;
+    }
+    if let Some(valid) = args.valid.clone() {
+        config.valid_data = Some(valid);
+    }
+    if let Some(out) = args.out.clone() {
+        config.out = out;
+    }
+    if let Some(steps) = args.steps {
+        config.train.steps = steps;
+    }
+    let s = reward::run(&config, &device.open()?, &args.control())?;
+    println!(
+        "reward model finished: {} steps in {:.1}s ({:.2}s per step over the whole run, loading included)",
+        s.steps,
+        s.seconds,
+        s.seconds / s.history.len().max(1) as f64
+    );
+    println!(
+        "  {} training prompts; {} answers with truncated prompts, {} with truncated responses",
+        s.train_rankings, s.truncated_prompts, s.truncated_responses
+    );
+    if let Some(p) = s.history.last() {
+        println!("  final train loss {:.4}", p.train);
+    }
+    for report in s.validation.iter().chain(&s.test) {
+        print_accuracy(report);
+    }
+    if s.steps == config.train.steps {
+        println!("  model written to {}", s.model_dir.display());
+        println!("  report written to {}", s.report_path.display());
+    }
+    Ok(())
+}
+
+fn print_accuracy(r: &AccuracyReport) {
+    println!(
+        "  pairwise accuracy on {} ({} prompts): {:.1}% of {} pairs; rewards {:.3} ± {:.3}",
+        r.data,
+        r.rankings,
+        100.0 * r.overall.accuracy,
+        r.overall.pairs,
+        r.reward_mean,
+        r.reward_std
+    );
+    for (kind, a) in &r.by_pair_type {
+        println!("    {kind:<28} {:>5.1}% of {}", 100.0 * a.accuracy, a.pairs);
+    }
 }

@@ -1,5 +1,12 @@
-//! The teacher's InstructGPT path: pretraining (from scratch or continued) on text, and the
-//! JSON Lines records that supervised fine-tuning, the reward model and PPO read.
+//! The teacher's InstructGPT path: pretraining (from scratch or continued) on text
+//! (`pretrain`), the JSON Lines records the later stages read (`records`), the man-page
+//! question set with its gold judge and multiple-choice evaluation (`questions`), supervised
+//! fine-tuning on demonstrations (`sft`), a reward model trained on rankings (`reward`), and
+//! PPO against it with a KL penalty to the SFT policy (`ppo`).
 
+pub mod ppo;
 pub mod pretrain;
+pub mod questions;
 pub mod records;
+pub mod reward;
+pub mod sft;

@@ -12,11 +12,8 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     /// A line is not valid JSON, lacks a field, or breaks the record's rules.
     #[error("{path}:{line}: {reason}")]
     Line {
@@ -208,9 +205,9 @@ impl Record for Prompt {
 /// Reads every record of a JSON Lines file (blank lines skipped); refuses an empty file.
 pub fn read_jsonl<T: Record>(path: &Path) -> Result<Vec<T>, RecordError> {
     let name = path.display().to_string();
-    let io = |source| RecordError::Io {
+    let io = |error| RecordError::Io {
         path: name.clone(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
@@ -261,9 +258,9 @@ pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<
 
 fn first_record(path: &Path) -> Result<serde_json::Value, RecordError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| RecordError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| RecordError::Io {
         path: name.clone(),
-        source,
+        error,
     })?;
     let (i, line) = text
         .lines()
@@ -328,7 +325,9 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_field() {
         let f = write("{\"prompt\":\"p\",\"response\":\"r\"}\n{\"prompt\":\"p\"}\n");
-        let e = read_jsonl::<Demonstration>(f.path()).unwrap_err().to_string();
+        let e = read_jsonl::<Demonstration>(f.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("{}:2:", f.path().display())), "{e}");
         assert!(e.contains("prompt"), "{e}");
 

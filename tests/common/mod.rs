@@ -94,3 +94,48 @@ pub fn max_diff_rows(a: &[f32], b: &[f32], width: usize, keep: &[bool]) -> f32 {
         .flat_map(|((x, y), _)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
         .fold(0.0, f32::max)
 }
+
+/// Renders a benchmark report's HTML page in headless Chromium (`scripts/render-html`) and
+/// checks the screenshot is not blank: many non-white pixels and colours, and the chart's
+/// teacher-blue and student-red markers. Skips, saying so, only where Chromium is absent (CI
+/// installs it).
+pub fn assert_html_renders(html: &Path) {
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!("skipped: no /usr/bin/chromium (Debian: apt-get install chromium)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("report.png");
+    let script = manifest_dir().join("scripts/render-html");
+    let out = Command::new(&script).arg(html).arg(&png).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (1280, 1600));
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "{:?}", info.color_type);
+    let pixels: Vec<[u8; 3]> = buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let non_white = pixels.iter().filter(|p| **p != [255, 255, 255]).count();
+    let colours: std::collections::HashSet<_> = pixels.iter().collect();
+    let count = |c: [u8; 3]| pixels.iter().filter(|p| **p == c).count();
+    let (teacher, student) = (count([31, 119, 180]), count([214, 39, 40]));
+    assert!(
+        non_white > pixels.len() / 50,
+        "nearly blank: {non_white} non-white pixels"
+    );
+    assert!(colours.len() > 16, "only {} colours", colours.len());
+    // Filled markers 12 px across (and the legend's swatches): the chart was drawn.
+    assert!(
+        teacher > 50 && student > 100,
+        "markers missing: {teacher} blue, {student} red"
+    );
+}

@@ -1,0 +1,176 @@
+//! The report as one self-contained HTML page: inline CSS and inline SVG charts, no scripts and
+//! no external resources, so it opens anywhere, offline.
+
+use super::markdown::{self, HEADLINE, NONE};
+use super::{Report, chart};
+use anyhow::Result;
+use std::fmt::Write;
+
+const STYLE: &str = "
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2rem; }
+.created { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.55rem; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.front td:first-child { font-weight: bold; }
+.chart { margin: 1rem 0; }
+.chart svg { max-width: 100%; height: auto; border: 1px solid #ddd; }
+.note { color: #555; font-size: 0.9rem; }
+code, pre { font-family: ui-monospace, monospace; font-size: 0.85rem; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; }
+";
+
+/// The whole report as an HTML document.
+pub fn render(report: &Report) -> Result<String> {
+    let front = report.pareto_front();
+    let mut out = String::new();
+    write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         <h1>{title}</h1>\n<p class=\"created\">Created {}</p>\n",
+        escape(&report.created),
+        title = escape(&report.title),
+    )?;
+
+    out += "<table class=\"headline\">\n<tr>";
+    for h in HEADLINE {
+        write!(out, "<th>{}</th>", escape(h))?;
+    }
+    out += "</tr>\n";
+    for (i, m) in report.models.iter().enumerate() {
+        let class = if front.contains(&i) {
+            " class=\"front\""
+        } else {
+            ""
+        };
+        write!(out, "<tr{class}>")?;
+        for (c, value) in markdown::headline_row(m).iter().enumerate() {
+            // The Markdown cell escapes `|`; HTML needs no escape for it.
+            let value = value.replace("\\|", "|");
+            let num = if c >= 3 { " class=\"num\"" } else { "" };
+            write!(out, "<td{num}>{}</td>", escape(&value))?;
+        }
+        out += "</tr>\n";
+    }
+    out += "</table>\n";
+    writeln!(
+        out,
+        "<p class=\"note\">Bold: on the Pareto front of man-page perplexity against size (no \
+         other model is both smaller and better). {NONE}: not measured or not applicable \
+         (the teacher has no KL to itself).</p>"
+    )?;
+
+    out += "<h2>Quality against size</h2>\n<div class=\"chart\">\n";
+    out += &chart::quality_vs_size(report)?;
+    out += "</div>\n<h2>Decode speed against size</h2>\n";
+    match chart::decode_vs_size(report)? {
+        Some(svg) => write!(out, "<div class=\"chart\">\n{svg}</div>\n")?,
+        None => out += "<p class=\"note\">No model's speed was measured.</p>\n",
+    }
+
+    let m = &report.machine;
+    out += "<h2>Machine</h2>\n<table>\n";
+    let memory = m
+        .memory_bytes
+        .map_or(NONE.to_string(), |b| format!("{:.1} GB", b as f64 / 1e9));
+    for (k, v) in [
+        ("CPU", m.cpu.clone()),
+        ("cores", m.cores.to_string()),
+        ("memory", memory),
+        ("OS", m.os.clone()),
+        ("device", m.device.clone()),
+    ] {
+        writeln!(out, "<tr><th>{k}</th><td>{}</td></tr>", escape(&v))?;
+    }
+    out += "</table>\n";
+
+    let e = &report.eval;
+    writeln!(
+        out,
+        "<h2>Evaluation</h2>\n<p>Perplexity on at most {} evenly spaced, non-overlapping \
+         windows of {} tokens per data file; KL and top-1 agreement against the teacher on the \
+         man-page windows.</p>\n<table>\n<tr><th>data</th><th>file</th><th>sha256</th></tr>",
+        e.windows, e.window
+    )?;
+    for d in &e.data {
+        writeln!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+            escape(&d.name),
+            escape(&d.path),
+            escape(&d.sha256)
+        )?;
+    }
+    out += "</table>\n";
+    if let Some(s) = report.models.iter().find_map(|m| m.speed.as_ref()) {
+        writeln!(
+            out,
+            "<p>Speed: prefill {} prompt tokens in one forward, then decode {} tokens one at a \
+             time, median of {} runs after a warm-up; peak MB is the process's peak resident \
+             memory meanwhile, weights included.</p>",
+            s.prompt_tokens, s.decode_tokens, s.repeats
+        )?;
+    }
+
+    let settings = serde_json::to_string_pretty(&report.settings).expect("JSON values serialize");
+    write!(
+        out,
+        "<h2>Settings</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
+        escape(&settings)
+    )?;
+    Ok(out)
+}
+
+/// `text` safe in HTML and XML text and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out += "&amp;",
+            '<' => out += "&lt;",
+            '>' => out += "&gt;",
+            '"' => out += "&quot;",
+            '\'' => out += "&#39;",
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::chart::POINT_CLASS;
+    use crate::report::tests::sample;
+
+    #[test]
+    fn self_contained_with_one_point_per_model() {
+        let report = sample();
+        let html = render(&report).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.contains("<svg"), "no inline chart");
+        let lower = html.to_ascii_lowercase();
+        for external in ["src=", "href=", "url(", "<script", "<link", "@import"] {
+            assert!(!lower.contains(external), "{external} in the page");
+        }
+        // Two charts: every model on the quality chart, three with a speed on the other.
+        let points = html.matches(&format!("class=\"{POINT_CLASS}\"")).count();
+        assert_eq!(points, report.models.len() + 3);
+        for m in &report.models {
+            assert!(
+                html.contains(&format!("data-model=\"{}\"", m.name)),
+                "{} has no point",
+                m.name
+            );
+        }
+        // The title is escaped; one table row per model (plus the header).
+        assert!(html.contains("<h1>Demo &lt;run&gt; &amp; co</h1>"));
+        let headline = &html[html.find("class=\"headline\"").unwrap()..];
+        let headline = &headline[..headline.find("</table>").unwrap()];
+        assert_eq!(headline.matches("<tr").count(), report.models.len() + 1);
+        assert_eq!(headline.matches("class=\"front\"").count(), 3);
+    }
+}

@@ -1,0 +1,220 @@
+//! Stages on disk. Each stage owns a folder of the run and is keyed by a hash of its settings
+//! and its inputs (upstream stages' keys, the input files' contents). A `stage.json` marker in
+//! the folder records the key and whether the stage finished:
+//! - finished with the same key: skipped, its summary reused;
+//! - started with the same key but not finished: interrupted, continued with `--resume`;
+//! - another key (settings or inputs changed): the folder is cleared and the stage reruns, and
+//!   every stage after it, whose key includes this one, reruns too.
+
+use anyhow::{Context, Result, bail};
+use distill_model::fsutil::write_json_atomic;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The marker file in a stage's folder.
+const MARKER: &str = "stage.json";
+
+/// What `stage.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    /// The stage's key.
+    pub key: String,
+    /// Whether the stage finished.
+    pub done: bool,
+    /// Wall time of the finishing invocation, in seconds.
+    #[serde(default)]
+    pub seconds: f64,
+    /// What the stage produced (its summary), once done.
+    #[serde(default)]
+    pub summary: Value,
+}
+
+/// A stage's identity: where it lives and the hash it is keyed by.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Its name in progress lines, e.g. `students/half/kd`.
+    pub name: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Hash of its settings and inputs.
+    pub key: String,
+}
+
+/// Builds a stage's key from its kind, its settings and the keys of what it reads.
+pub fn key(kind: &str, settings: &impl Serialize, inputs: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(settings).expect("settings serialize"));
+    for i in inputs {
+        h.update([0]);
+        h.update(i.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// SHA-256 of input files and model folders, each computed once per run.
+#[derive(Default)]
+pub struct FileHashes(HashMap<PathBuf, String>);
+
+impl FileHashes {
+    /// The hash of a data file, or of a model (a GGUF file, or an HF directory's config and
+    /// weights).
+    pub fn of(&mut self, path: &Path) -> Result<String> {
+        if let Some(h) = self.0.get(path) {
+            return Ok(h.clone());
+        }
+        let h = if path.is_dir() {
+            distill_model::load::fingerprint(path)?
+        } else {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut h = Sha256::new();
+            std::io::copy(&mut file, &mut h)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            format!("{:x}", h.finalize())
+        };
+        self.0.insert(path.to_path_buf(), h.clone());
+        Ok(h)
+    }
+}
+
+/// How a run treats interrupted stages.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Continue interrupted stages (from their checkpoints) instead of refusing.
+    pub resume: bool,
+}
+
+/// Where a stage stands before it runs.
+#[derive(Debug, PartialEq)]
+pub enum State {
+    /// Finished with this key.
+    Done,
+    /// Started with this key, not finished.
+    Interrupted,
+    /// Not started with this key (never run, or run with other settings or inputs).
+    Fresh,
+}
+
+impl Stage {
+    fn marker(&self) -> Option<Marker> {
+        let text = std::fs::read_to_string(self.dir.join(MARKER)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Where this stage stands.
+    pub fn state(&self) -> State {
+        match self.marker() {
+            Some(m) if m.key == self.key && m.done => State::Done,
+            Some(m) if m.key == self.key => State::Interrupted,
+            _ => State::Fresh,
+        }
+    }
+
+    /// Runs the stage unless it finished before; returns its summary. `work` gets the folder
+    /// and whether to resume, and returns the summary to record.
+    pub fn run(
+        &self,
+        policy: Policy,
+        work: impl FnOnce(&Path, bool) -> Result<Value>,
+    ) -> Result<Value> {
+        let resume = match self.state() {
+            State::Done => return Ok(self.marker().expect("a marker").summary),
+            State::Interrupted if !policy.resume => bail!(
+                "stage {} was interrupted: continue it with --resume (or delete {} to start it over)",
+                self.name,
+                self.dir.display()
+            ),
+            State::Interrupted => true,
+            State::Fresh => {
+                if self.dir.exists() {
+                    tracing::info!(
+                        "{}: settings or inputs changed, clearing {}",
+                        self.name,
+                        self.dir.display()
+                    );
+                    std::fs::remove_dir_all(&self.dir)
+                        .with_context(|| format!("cannot clear {}", self.dir.display()))?;
+                }
+                false
+            }
+        };
+        self.write(&Marker {
+            key: self.key.clone(),
+            done: false,
+            seconds: 0.0,
+            summary: Value::Null,
+        })?;
+        let started = Instant::now();
+        let summary = work(&self.dir, resume).with_context(|| format!("stage {}", self.name))?;
+        self.write(&Marker {
+            key: self.key.clone(),
+            done: true,
+            seconds: started.elapsed().as_secs_f64(),
+            summary: summary.clone(),
+        })?;
+        Ok(summary)
+    }
+
+    fn write(&self, marker: &Marker) -> Result<()> {
+        let path = self.dir.join(MARKER);
+        let value = serde_json::to_value(marker).expect("a marker serializes");
+        write_json_atomic(&path, &value).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_stages_skip_changed_ones_rerun_interrupted_ones_need_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = |k: &str| Stage {
+            name: "s".into(),
+            dir: dir.path().join("s"),
+            key: key("kind", &k, &[]),
+        };
+        let go = Policy { resume: false };
+        let work = |n: i32| {
+            move |d: &Path, _resume: bool| {
+                std::fs::write(d.join("out"), n.to_string())?;
+                Ok(Value::from(n))
+            }
+        };
+        assert_eq!(stage("a").run(go, work(1)).unwrap(), Value::from(1));
+        assert_eq!(stage("a").state(), State::Done);
+        assert_eq!(stage("a").run(go, work(2)).unwrap(), Value::from(1));
+        assert_eq!(stage("b").state(), State::Fresh);
+        assert_eq!(stage("b").run(go, work(3)).unwrap(), Value::from(3));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("s/out")).unwrap(),
+            "3"
+        );
+
+        // A stage that fails half way is interrupted: refused without --resume.
+        let failing = |_: &Path, _: bool| -> Result<Value> { bail!("killed") };
+        assert!(stage("c").run(go, failing).is_err());
+        assert_eq!(stage("c").state(), State::Interrupted);
+        let e = stage("c").run(go, work(4)).unwrap_err().to_string();
+        assert!(e.contains("--resume"), "{e}");
+        let resumed = stage("c")
+            .run(Policy { resume: true }, |_, resume| Ok(Value::from(resume)))
+            .unwrap();
+        assert_eq!(resumed, Value::from(true));
+    }
+
+    #[test]
+    fn keys_depend_on_kind_settings_and_inputs() {
+        let k = key("kd", &serde_json::json!({"steps": 3}), &["a"]);
+        assert_ne!(k, key("kd", &serde_json::json!({"steps": 4}), &["a"]));
+        assert_ne!(k, key("kd", &serde_json::json!({"steps": 3}), &["b"]));
+        assert_ne!(k, key("prune", &serde_json::json!({"steps": 3}), &["a"]));
+        assert_eq!(k, key("kd", &serde_json::json!({"steps": 3}), &["a"]));
+    }
+}

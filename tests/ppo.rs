@@ -1,0 +1,346 @@
+//! PPO end to end on a tiny random model (vocabulary 32) and a toy reward, the fraction of one
+//! chosen token in the response: the reward must rise while the adaptive β holds the KL to the
+//! reference near its target, and a run killed and resumed must equal an uninterrupted one.
+//! Then `distill teacher ppo` from files: a tiny policy, reward model and gold judge.
+
+use burn::prelude::*;
+use distill_model::checkpoint::{self, ModelDir, SaveOptions};
+use distill_model::data::PackedWindows;
+use distill_model::tokenizer::{ENDOFTEXT, Tokenizer};
+use distill_model::train::TrainControl;
+use distill_model::{LlamaConfig, LlamaForCausalLM};
+use distill_teacher::ppo::log::PpoLogRow;
+use distill_teacher::ppo::{self, LoraConfig, PpoConfig, PpoRun, PtxConfig};
+use distill_teacher::reward::{self, RewardDir, RewardModel};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const VOCAB: usize = 32;
+/// The token the toy reward counts.
+const CHOSEN: u32 = 7;
+
+fn sft(seed: u64) -> ModelDir {
+    let mut config = LlamaConfig::llama(VOCAB, 32, 64, 2, 4, 2);
+    config.initializer_range = 0.1;
+    ModelDir {
+        model: config.init(&Device::flex().autodiff(), seed),
+        config,
+        tokenizer: None,
+        generation_config: None,
+    }
+}
+
+/// 32 prompts of 2 to 6 pseudo-random tokens.
+fn prompts() -> Vec<Vec<u32>> {
+    let mut state = 99u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    (0..32)
+        .map(|_| {
+            let len = 2 + next() as usize % 5;
+            (0..len).map(|_| next() % VOCAB as u32).collect()
+        })
+        .collect()
+}
+
+/// The share of the chosen token in each response.
+fn chosen_share(_prompts: &[Vec<u32>], responses: &[Vec<u32>]) -> Vec<f32> {
+    responses
+        .iter()
+        .map(|r| r.iter().filter(|&&t| t == CHOSEN).count() as f32 / r.len() as f32)
+        .collect()
+}
+
+fn quiet() -> TrainControl {
+    distill_model::device::pin_default_device_to_cpu();
+    TrainControl {
+        quiet: true,
+        ..TrainControl::default()
+    }
+}
+
+/// The toy task's settings: β starts near where it balances this reward, and the controller
+/// holds the KL to the reference at 4 nats per 8-token response.
+fn toy_config(out: &Path) -> PpoConfig {
+    PpoConfig {
+        out: out.to_path_buf(),
+        steps: 60,
+        batch_size: 32,
+        mini_batch_size: 8,
+        ppo_epochs: 4,
+        learning_rate: 1e-3,
+        max_new_tokens: 8,
+        init_kl_coef: 0.05,
+        target: 4.0,
+        horizon: 200.0,
+        checkpoint_every: 20,
+        seed: 3,
+        ..PpoConfig::default()
+    }
+}
+
+fn mean(rows: &[PpoLogRow], get: fn(&PpoLogRow) -> f64) -> f64 {
+    rows.iter().map(get).sum::<f64>() / rows.len() as f64
+}
+
+#[test]
+fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = toy_config(tmp.path());
+    let prompts = prompts();
+    let mut reward = chosen_share;
+    let outcome = ppo::train(
+        &config,
+        PpoRun {
+            sft: sft(1),
+            prompts: &prompts,
+            stop_tokens: &[],
+            ptx: None,
+            reward: &mut reward,
+            gold: None,
+        },
+        &Device::flex(),
+        &quiet(),
+    )
+    .unwrap();
+    let h = &outcome.history;
+    for r in h {
+        println!(
+            "step {:>3} score {:.3} kl {:.3} beta {:.4} entropy {:.3} clip {:.3} vloss {:.4}",
+            r.step, r.score, r.kl, r.beta, r.entropy, r.clip_frac, r.value_loss
+        );
+    }
+    let first = mean(&h[..5], |r| r.score);
+    let last = mean(&h[h.len() - 10..], |r| r.score);
+    let kl = mean(&h[h.len() - 10..], |r| r.kl);
+    println!(
+        "score {first:.3} → {last:.3}; final KL {kl:.3} (target {})",
+        config.target
+    );
+    assert!(
+        first < 0.1,
+        "a random model rarely picks the token: {first}"
+    );
+    assert!(
+        last > first + 0.15,
+        "the reward must rise: {first} → {last}"
+    );
+    assert!(
+        (0.5 * config.target..=1.5 * config.target).contains(&kl),
+        "final KL {kl} is not within ±50% of the target {}",
+        config.target
+    );
+    assert!(tmp.path().join("model/model.safetensors").is_file());
+    let svg = std::fs::read_to_string(tmp.path().join("ppo_log.svg")).unwrap();
+    assert!(svg.contains("KL to reference"));
+}
+
+/// Every tensor of a model, flattened, in module order.
+fn weights(model: &LlamaForCausalLM) -> Vec<f32> {
+    distill_model::checkpoint::named_tensors(model)
+        .into_iter()
+        .flat_map(|(_, d)| d.try_to_vec::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_killed_and_resumed_run_equals_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = prompts();
+    let text: Vec<u32> = (0..2000u32)
+        .map(|i| (i * 7 + i / 13) % VOCAB as u32)
+        .collect();
+    let windows = PackedWindows::new(text, 16, 5, "toy text").unwrap();
+    let config = |out: &str| PpoConfig {
+        steps: 6,
+        batch_size: 16,
+        checkpoint_every: 2,
+        lora: Some(LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        }),
+        ptx: Some(PtxConfig {
+            data: "toy text".into(),
+            coef: 0.5,
+            seq_len: 16,
+            batch_size: 2,
+        }),
+        ..toy_config(&tmp.path().join(out))
+    };
+    let run = |config: &PpoConfig, control: TrainControl| {
+        let mut reward = chosen_share;
+        let mut gold = |_: usize, r: &[u32]| r.len() as f64;
+        ppo::train(
+            config,
+            PpoRun {
+                sft: sft(1),
+                prompts: &prompts,
+                stop_tokens: &[3],
+                ptx: Some(&windows),
+                reward: &mut reward,
+                gold: Some(&mut gold),
+            },
+            &Device::flex(),
+            &control,
+        )
+        .unwrap()
+    };
+
+    let whole = run(&config("whole"), quiet());
+    assert_eq!(whole.steps_done, 6);
+    let split = config("split");
+    // "Killed" after step 3: the checkpoint of step 2 is the last on disk.
+    let first = run(
+        &split,
+        TrainControl {
+            stop_after: Some(3),
+            ..quiet()
+        },
+    );
+    assert_eq!(first.steps_done, 3);
+    assert!(first.model_dir.is_none());
+    let latest = std::fs::read_to_string(tmp.path().join("split/checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000002");
+    let resumed = run(
+        &split,
+        TrainControl {
+            resume: true,
+            ..quiet()
+        },
+    );
+    assert_eq!((resumed.start_step, resumed.steps_done), (2, 6));
+    assert_eq!(resumed.history, whole.history, "the logs differ");
+    assert!(
+        whole
+            .history
+            .iter()
+            .all(|r| r.gold.is_some() && r.ptx_loss.is_some())
+    );
+    let csv =
+        |run: &str| std::fs::read_to_string(tmp.path().join(run).join("ppo_log.csv")).unwrap();
+    assert_eq!(csv("whole"), csv("split"));
+    assert_eq!(
+        weights(&resumed.model),
+        weights(&whole.model),
+        "the weights differ"
+    );
+    let start = weights(&sft(1).model.valid());
+    assert_ne!(weights(&whole.model), start, "training changed nothing");
+}
+
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// A tiny policy (BPE with a ChatML template, `<|im_end|>` as EOS) and a reward model on the
+/// same backbone, saved as HF directories.
+fn tiny_policy_and_reward(dir: &Path) {
+    let corpus = vec!["use ls to list files. cat prints a file. grep finds lines. ".repeat(6)];
+    let mut tokenizer =
+        Tokenizer::train_bpe(corpus, 300, &[ENDOFTEXT, "<|im_start|>", "<|im_end|>"]).unwrap();
+    tokenizer.chat_template = Some(CHATML.into());
+    tokenizer.eos_token = Some("<|im_end|>".into());
+    let mut config = LlamaConfig::llama(tokenizer.vocab_size(), 32, 64, 2, 4, 2);
+    config.eos_token_id = tokenizer.eos_id().into_iter().collect();
+    let policy = ModelDir {
+        model: config.init(&Device::flex(), 1),
+        config: config.clone(),
+        tokenizer: Some(tokenizer.clone()),
+        generation_config: None,
+    };
+    checkpoint::save_dir(&dir.join("sft"), &policy, SaveOptions::default()).unwrap();
+    let rm = RewardDir {
+        model: RewardModel::from_causal_lm(config.init(&Device::flex(), 2), &config, 3),
+        config,
+        tokenizer: Some(tokenizer),
+    };
+    reward::save_reward_model(&dir.join("reward"), &rm).unwrap();
+}
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env("DISTILL_LOG", "warn")
+        .output()
+        .expect("the distill binary runs")
+}
+
+#[test]
+fn the_command_line_runs_ppo_from_files_with_the_gold_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_policy_and_reward(tmp.path());
+    let prompts = tmp.path().join("prompts.jsonl");
+    let lines: Vec<String> = ["ls", "cat", "grep"]
+        .iter()
+        .map(|c| format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#))
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let facts = tmp.path().join("facts.jsonl");
+    let lines: Vec<String> = ["ls", "cat", "grep"]
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"id":"{c}#name","page":"{c}","kind":"name","facts":["{c}","files"],"allowed":[],"reference_words":6}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&facts, lines.join("\n")).unwrap();
+    let out = tmp.path().join("ppo");
+    let config = tmp.path().join("ppo.toml");
+    let toml = format!(
+        "policy = {:?}\nreward_model = {:?}\nprompts = {:?}\ngold_facts = {:?}\nbatch_size = 4\nmini_batch_size = 2\nppo_epochs = 1\nmax_new_tokens = 6\nsteps = 9\n",
+        tmp.path().join("sft"),
+        tmp.path().join("reward"),
+        prompts,
+        facts
+    );
+    std::fs::write(&config, toml).unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["teacher", "ppo", "--config", config.to_str().unwrap()];
+        a.extend(extra);
+        a.extend(["--out", out.to_str().unwrap()]);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let o = distill(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+    let (ok, text) = run(&["--steps", "2"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("PPO finished: 2 steps") && text.contains("gold score"),
+        "{text}"
+    );
+    let csv = std::fs::read_to_string(out.join("ppo_log.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    let gold: f64 = rows[1].split(',').nth(2).unwrap().parse().unwrap();
+    assert!((0.0..=1.0).contains(&gold), "{csv}");
+    assert!(out.join("model/model.safetensors").is_file());
+    assert!(out.join("model/tokenizer.json").is_file());
+    assert!(out.join("ppo_log.svg").is_file());
+    let back = distill_model::load::load_model(&out.join("model"), &Device::flex()).unwrap();
+    assert!(back.tokenizer.unwrap().chat_template.is_some());
+
+    // A prompt the gold judge has no facts for is refused, naming both files.
+    std::fs::write(
+        &prompts,
+        r#"{"id":"man#name","prompt":"What does `man` do?"}"#,
+    )
+    .unwrap();
+    let (ok, text) = run(&["--resume"]);
+    assert!(!ok);
+    assert!(
+        text.contains("prompts.jsonl") && text.contains("facts.jsonl"),
+        "{text}"
+    );
+}
