@@ -241,6 +241,32 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
+    /// Overrides the config's keys with the flags given.
+    fn apply(
+        &self,
+        init: &mut PathBuf,
+        train_data: &mut PathBuf,
+        valid_data: &mut Option<PathBuf>,
+        out: &mut PathBuf,
+        steps: &mut usize,
+    ) {
+        if let Some(v) = &self.init {
+            *init = v.clone();
+        }
+        if let Some(v) = &self.data {
+            *train_data = v.clone();
+        }
+        if let Some(v) = &self.valid {
+            *valid_data = Some(v.clone());
+        }
+        if let Some(v) = &self.out {
+            *out = v.clone();
+        }
+        if let Some(v) = self.steps {
+            *steps = v;
+        }
+    }
+
     fn control(&self) -> TrainControl {
         TrainControl {
             resume: self.resume,
@@ -254,21 +280,13 @@ fn run_sft(args: StageArgs, device: DeviceChoice) -> Result<()> {
         Some(path) => SftConfig::from_toml_file(path)?,
         None => SftConfig::default(),
     };
-    if let Some(init) = args.init.clone() {
-        config.init = init;
-    }
-    if let Some(data) = args.data.clone() {
-        config.train_data = data;
-    }
-    if let Some(valid) = args.valid.clone() {
-        config.valid_data = Some(valid);
-    }
-    if let Some(out) = args.out.clone() {
-        config.out = out;
-    }
-    if let Some(steps) = args.steps {
-        config.train.steps = steps;
-    }
+    args.apply(
+        &mut config.init,
+        &mut config.train_data,
+        &mut config.valid_data,
+        &mut config.out,
+        &mut config.train.steps,
+    );
     let s = sft::run(&config, &device.open()?, &args.control())?;
     println!(
         "fine-tuning finished: {} steps in {:.1}s ({:.2}s per step over the whole run, loading included)",
@@ -302,21 +320,13 @@ fn run_reward(args: StageArgs, device: DeviceChoice) -> Result<()> {
         Some(path) => RewardConfig::from_toml_file(path)?,
         None => RewardConfig::default(),
     };
-    if let Some(init) = args.init.clone() {
-        config.init = init;
-    }
-    if let Some(data) = args.data.clone() {
-        config.train_data = data;
-    }
-    if let Some(valid) = args.valid.clone() {
-        config.valid_data = Some(valid);
-    }
-    if let Some(out) = args.out.clone() {
-        config.out = out;
-    }
-    if let Some(steps) = args.steps {
-        config.train.steps = steps;
-    }
+    args.apply(
+        &mut config.init,
+        &mut config.train_data,
+        &mut config.valid_data,
+        &mut config.out,
+        &mut config.train.steps,
+    );
     let s = reward::run(&config, &device.open()?, &args.control())?;
     println!(
         "reward model finished: {} steps in {:.1}s ({:.2}s per step over the whole run, loading included)",
