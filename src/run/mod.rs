@@ -313,6 +313,7 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
     let mut current = Model {
         name: spec.name.clone(),
         role: Role::Student,
+        format: "f32".into(),
         ..teacher.clone()
     };
     if let Some(mut config) = spec.prune.clone() {
