@@ -17,6 +17,7 @@ use super::page::{ManPage, collapse, join_lines, page_refs, sentences};
 use crate::records::{
     Demonstration, Prompt, Ranking, Record, RecordError, read_jsonl, write_jsonl,
 };
+use distill_model::data::permutation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -898,7 +899,7 @@ fn rankings(
             continue;
         };
         let candidates = [q.answer.clone(), same, other, off];
-        let order = permutation(hash(seed, &[&q.id, "order"]), candidates.len());
+        let order = permutation(candidates.len(), hash(seed, &[&q.id, "order"]));
         // order[slot] is the candidate shown in that slot.
         let mut ranking = vec![0; candidates.len()];
         for (slot, &c) in order.iter().enumerate() {
@@ -951,23 +952,6 @@ fn off_topic_answer(
         .cloned()
         .collect();
     fit(&run, " ", limits)
-}
-
-/// A permutation of `0..n` from `state` (Fisher-Yates on a splitmix64 stream).
-fn permutation(mut state: u64, n: usize) -> Vec<usize> {
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
 }
 
 /// An input file and its SHA-256.
