@@ -207,6 +207,23 @@ pub struct TrainOutcome<M> {
     pub history: Vec<LossPoint>,
 }
 
+/// The progress bar of a training loop: `steps` steps, hidden when `quiet`.
+pub fn step_bar(steps: usize, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Collects the ids of the parameters to clip over.
 struct ParamIds(Vec<(ParamId, usize)>);
 
@@ -392,18 +409,7 @@ where
         last_good = Some(path);
     }
 
-    let bar = if control.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(config.steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
+    let bar = step_bar(config.steps, control.quiet);
     bar.set_position(state.step as u64);
 
     let start_step = state.step;

@@ -20,7 +20,6 @@ use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::data::{PackedWindows, permutation};
 use distill_model::loss::cross_entropy;
 use distill_model::train::{Checkpoints, TrainControl, clip_global_norm};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -203,18 +202,7 @@ pub fn train(
         move |source| PpoError::Io { path, source }
     };
 
-    let bar = if control.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(config.steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
+    let bar = distill_model::train::step_bar(config.steps, control.quiet);
     bar.set_position(state.step as u64);
     let stop = control.stop_after.unwrap_or(usize::MAX).min(config.steps);
     while state.step < stop {
