@@ -344,3 +344,158 @@ fn the_command_line_runs_ppo_from_files_with_the_gold_judge() {
         "{text}"
     );
 }
+
+/// Σ over `answer`'s tokens of KL(p ‖ q) at each position, from one unpadded forward of
+/// prompt+answer through each model, log-softmax in f64.
+fn kl_by_hand(p: &LlamaForCausalLM, q: &LlamaForCausalLM, prompt: &[u32], answer: &[u32]) -> f64 {
+    let seq: Vec<i64> = prompt.iter().chain(answer).map(|&t| i64::from(t)).collect();
+    let n = seq.len();
+    let log_dist = |m: &LlamaForCausalLM| -> Vec<Vec<f64>> {
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(seq.clone(), [1, n]), &Device::flex());
+        let logits: Vec<f32> = m
+            .forward(ids, &distill_model::Layout::causal(1, n))
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap();
+        let v = logits.len() / n;
+        (prompt.len() - 1..n - 1)
+            .map(|t| {
+                let row: Vec<f64> = logits[t * v..(t + 1) * v]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect();
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                row.iter().map(|x| x - lse).collect()
+            })
+            .collect()
+    };
+    let (lp, lq) = (log_dist(p), log_dist(q));
+    lp.iter()
+        .zip(&lq)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.exp() * (x - y)).sum::<f64>())
+        .sum()
+}
+
+#[test]
+fn compare_scores_each_stage_with_paired_intervals() {
+    use distill_teacher::compare::{self, CompareConfig, NamedModel};
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_policy_and_reward(tmp.path());
+    // A second copy of the SFT model (every gain over it is exactly zero, and so is its KL),
+    // and a different model on the same tokenizer.
+    let sft = distill_model::load::load_model(&tmp.path().join("sft"), &Device::flex()).unwrap();
+    checkpoint::save_dir(&tmp.path().join("copy"), &sft, SaveOptions::default()).unwrap();
+    let other = ModelDir {
+        model: sft.config.init(&Device::flex(), 9),
+        config: sft.config.clone(),
+        tokenizer: sft.tokenizer.clone(),
+        generation_config: None,
+    };
+    checkpoint::save_dir(&tmp.path().join("other"), &other, SaveOptions::default()).unwrap();
+    let pages = ["ls", "cat", "grep", "find", "sort"];
+    let write = |name: &str, line: &dyn Fn(&str) -> String| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, pages.map(line).join("\n")).unwrap();
+        path
+    };
+    let prompts = write("prompts.jsonl", &|c| {
+        format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#)
+    });
+    let facts = write("facts.jsonl", &|c| {
+        format!(
+            r#"{{"id":"{c}#name","page":"{c}","kind":"name","facts":["{c}","files"],"allowed":[],"reference_words":6}}"#
+        )
+    });
+    let rankings = write("rankings.jsonl", &|c| {
+        format!(
+            r#"{{"id":"{c}#name","prompt":"What does `{c}` do?","responses":["{c} lists files","cat prints","grep finds","the war"],"ranking":[0,1,2,3]}}"#
+        )
+    });
+    let named = |name: &str| NamedModel {
+        name: name.into(),
+        path: tmp.path().join(name),
+    };
+    let config = CompareConfig {
+        models: vec![named("sft"), named("copy"), named("other")],
+        reward_model: Some(tmp.path().join("reward")),
+        prompts: prompts.clone(),
+        gold_facts: facts,
+        rankings: Some(rankings),
+        max_new_tokens: 5,
+        batch_size: 2,
+        bootstrap_samples: 200,
+        examples: 2,
+        out: tmp.path().join("compare"),
+        ..CompareConfig::default()
+    };
+    let report = compare::run(&config, &Device::flex()).unwrap();
+    assert_eq!(report.prompts_used, 5);
+    assert_eq!(report.questions, 5);
+    assert_eq!(report.reference.as_deref(), Some("sft"));
+    let [s, c, o] = &report.models[..] else {
+        panic!("three models")
+    };
+    // Identical models answer identically: every paired gain is 0 with a point interval.
+    assert_eq!(
+        (s.gold, s.reward, s.choice_accuracy),
+        (c.gold, c.reward, c.choice_accuracy)
+    );
+    for g in report.gains.iter().filter(|g| g.to == "copy") {
+        assert_eq!(
+            (g.gain.estimate, g.gain.low, g.gain.high),
+            (0.0, 0.0, 0.0),
+            "{g:?}"
+        );
+        assert_eq!(g.n, 5);
+    }
+    assert!(s.kl_to_reference.is_none());
+    assert!(c.kl_to_reference.unwrap().estimate.abs() < 1e-5, "{c:?}");
+    // Gains: sft→copy, copy→other, sft→other, each in gold, reward and MC accuracy.
+    assert_eq!(report.gains.len(), 9);
+    let g = report
+        .gains
+        .iter()
+        .find(|g| g.from == "sft" && g.to == "other" && g.metric == "gold")
+        .unwrap();
+    assert!((g.gain.estimate - (o.gold.estimate - s.gold.estimate)).abs() < 1e-12);
+    assert!(g.gain.low <= g.gain.estimate && g.gain.estimate <= g.gain.high);
+
+    // Every answer's KL equals the sum over its tokens from unpadded forwards, and its gold
+    // score is the judge's.
+    let answers: Vec<compare::Answer> =
+        std::fs::read_to_string(tmp.path().join("compare/answers.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(answers.len(), 15);
+    let judge = distill_teacher::questions::judge::GoldJudge::load(&config.gold_facts).unwrap();
+    let tokenizer = sft.tokenizer.as_ref().unwrap();
+    let template = distill_model::chat::ChatTemplate::from_tokenizer(tokenizer).unwrap();
+    let eot = tokenizer.token_to_id("<|im_end|>").unwrap();
+    let other =
+        distill_model::load::load_model(&tmp.path().join("other"), &Device::flex()).unwrap();
+    for (a, page) in answers.iter().filter(|a| a.model == "other").zip(pages) {
+        assert_eq!(a.gold, judge.score(&a.id, &a.answer).unwrap());
+        let user = distill_model::chat::Message::user(&format!("What does `{page}` do?"));
+        let prompt = template.render(&[user], true).unwrap();
+        let prompt = distill_model::chat::encode_prompt(tokenizer, &prompt).unwrap();
+        assert!(a.tokens.len() <= 5 && (a.tokens.len() == 5 || a.tokens.last() == Some(&eot)));
+        let want = kl_by_hand(&other.model, &sft.model, &prompt, &a.tokens);
+        let got = a.kl.unwrap();
+        assert!(
+            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+    }
+    let md = std::fs::read_to_string(tmp.path().join("compare/compare.md")).unwrap();
+    assert!(
+        md.contains("| sft → other | gold |") && md.contains("KL to sft"),
+        "{md}"
+    );
+    assert_eq!(report.examples.len(), 2);
+    assert_eq!(report.examples[0].answers.len(), 3);
+}

@@ -56,18 +56,90 @@ fn setup(dir: &Path) {
             .collect();
         std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n")).unwrap();
     }
+    // The teacher stages' data: demonstrations, rankings, prompts and the judge's facts.
+    let pages = ["open", "read", "ls", "close"];
+    let write = |name: &str, line: &dyn Fn(usize, &str) -> Value| {
+        let lines: Vec<String> = pages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| line(i, p).to_string())
+            .collect();
+        std::fs::write(dir.join(name), lines.join("\n")).unwrap();
+    };
+    let question = |p: &str| format!("What does `{p}` do?");
+    write(
+        "demos.jsonl",
+        &|i, p| serde_json::json!({"prompt": question(p), "response": DOCS[i]}),
+    );
+    write("rankings.jsonl", &|i, p| {
+        let responses = [DOCS[i], DOCS[(i + 1) % 4], DOCS[4]];
+        serde_json::json!({"id": format!("{p}#name"), "prompt": question(p),
+            "responses": responses, "ranking": [0, 1, 2]})
+    });
+    write(
+        "prompts.jsonl",
+        &|_, p| serde_json::json!({"id": format!("{p}#name"), "prompt": question(p)}),
+    );
+    write("facts.jsonl", &|_, p| {
+        serde_json::json!({"id": format!("{p}#name"), "page": p, "kind": "name",
+            "facts": [p, "file"], "allowed": [], "reference_words": 8})
+    });
+}
+
+/// The teacher's InstructGPT stages for the tiny recipe, a few steps each, and their
+/// comparison.
+fn teacher_stages(d: &std::path::Display) -> String {
+    format!(
+        r#"[teacher.sft]
+train_data = "{d}/demos.jsonl"
+valid_fraction = 0.0
+[teacher.sft.train]
+steps = 2
+batch_size = 2
+eval_every = 0
+checkpoint_every = 2
+[teacher.reward]
+train_data = "{d}/rankings.jsonl"
+[teacher.reward.train]
+steps = 2
+batch_size = 2
+eval_every = 0
+checkpoint_every = 2
+[teacher.ppo]
+prompts = "{d}/prompts.jsonl"
+gold_facts = "{d}/facts.jsonl"
+steps = 1
+batch_size = 2
+mini_batch_size = 2
+ppo_epochs = 1
+max_new_tokens = 4
+[teacher.compare]
+prompts = "{d}/prompts.jsonl"
+gold_facts = "{d}/facts.jsonl"
+rankings = "{d}/rankings.jsonl"
+max_new_tokens = 4
+bootstrap_samples = 100
+examples = 1
+"#
+    )
 }
 
 /// The tiny recipe: one pruned and distilled student, quantized to q8_0 (RTN) and q4_0
-/// (GPTQ), exported in every GGUF type.
-fn recipe(dir: &Path, out: &str, kd_steps: usize, lr: f64) -> PathBuf {
+/// (GPTQ), exported in every GGUF type; with `with_stages`, the teacher goes through SFT,
+/// the reward model and PPO first, and the stages are compared.
+fn recipe(dir: &Path, out: &str, kd_steps: usize, lr: f64, with_stages: bool) -> PathBuf {
     let d = dir.display();
+    let stages = if with_stages {
+        teacher_stages(&d)
+    } else {
+        String::new()
+    };
     let text = format!(
         r#"title = "tiny"
 out = "{d}/{out}"
 [teacher]
 model = "{d}/teacher"
-[data]
+{stages}[data]
 train = "{d}/train.jsonl"
 valid = "{d}/valid.jsonl"
 test = "{d}/test.jsonl"
@@ -254,7 +326,7 @@ fn tiny_recipe_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     setup(d);
-    let path = recipe(d, "run", 6, 1e-2);
+    let path = recipe(d, "run", 6, 1e-2, true);
     let log = ok(run(&path, false));
     let out = d.join("run");
 
@@ -323,6 +395,36 @@ fn tiny_recipe_end_to_end() {
             assert!((0.0..=1.0).contains(&top1), "{m}");
         }
     }
+    // The teacher's stages compared: base, SFT and PPO, with paired gains.
+    let stages = &report["teacher_stages"];
+    let names: Vec<&str> = stages["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "sft", "ppo"], "{stages}");
+    assert_eq!(stages["prompts_used"], 4);
+    assert_eq!(stages["reference"], "sft");
+    for m in stages["models"].as_array().unwrap() {
+        assert!(m["reward"]["estimate"].as_f64().unwrap().is_finite(), "{m}");
+        let accuracy = m["choice_accuracy"]["estimate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{m}");
+    }
+    assert!(
+        stages["models"][2]["kl_to_reference"]["estimate"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert_eq!(stages["gains"].as_array().unwrap().len(), 9, "{stages}");
+    assert!(out.join("teacher/compare/answers.jsonl").is_file());
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("## Teacher stages") && md.contains("| sft → ppo | gold |"),
+        "{md}"
+    );
+
     let svg = std::fs::read_to_string(out.join("report/quality_vs_size.svg")).unwrap();
     assert_eq!(
         svg.matches("class=\"model-point\"").count(),
@@ -334,6 +436,7 @@ fn tiny_recipe_end_to_end() {
         html.contains("<svg") && !html.contains("src=\"http"),
         "self-contained"
     );
+    assert!(html.contains("<h2>Teacher stages</h2>"));
     assert_html_renders(&out.join("report/report.html"));
 
     // A second run redoes nothing; a changed KD setting reruns KD and what follows, not the
@@ -342,7 +445,7 @@ fn tiny_recipe_end_to_end() {
     let again = ok(run(&path, false));
     assert!(!again.contains("running"), "{again}");
     assert!(log.contains("running"), "{log}");
-    let path = recipe(d, "run", 6, 5e-3);
+    let path = recipe(d, "run", 6, 5e-3, true);
     let changed = ok(run(&path, false));
     assert_eq!(marker(&out, "students/s/prune"), prune_before);
     for stage in [
@@ -358,6 +461,10 @@ fn tiny_recipe_end_to_end() {
         );
     }
     assert!(changed.contains("eval/teacher (done before"), "{changed}");
+    assert!(
+        changed.contains("teacher/compare (done before"),
+        "{changed}"
+    );
 }
 
 #[test]
@@ -365,10 +472,10 @@ fn a_killed_run_resumes_to_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     setup(d);
-    let whole = recipe(d, "whole", 40, 1e-2);
+    let whole = recipe(d, "whole", 40, 1e-2, false);
     ok(run(&whole, false));
 
-    let killed = recipe(d, "killed", 40, 1e-2);
+    let killed = recipe(d, "killed", 40, 1e-2, false);
     let out = d.join("killed");
     let checkpoints = out.join("students/s/kd/checkpoints");
     let mut child = distill()

@@ -390,6 +390,42 @@ pub struct ModelDir {
     pub generation_config: Option<Value>,
 }
 
+impl ModelDir {
+    /// Why this model (called `name`) and `other` (called `other_name`) do not share a
+    /// tokenizer, if they don't: a different vocabulary size (of the models or of their
+    /// tokenizers), a missing `tokenizer.json`, or a token string that differs for some id.
+    pub fn vocabulary_mismatch(
+        &self,
+        name: &str,
+        other: &ModelDir,
+        other_name: &str,
+    ) -> Option<String> {
+        let (a, b) = (self.config.vocab_size, other.config.vocab_size);
+        if a != b {
+            return Some(format!(
+                "vocabulary sizes differ: {a} ({name}) and {b} ({other_name})"
+            ));
+        }
+        let (t, o) = match (&self.tokenizer, &other.tokenizer) {
+            (Some(t), Some(o)) => (t, o),
+            (None, _) => return Some(format!("the {name} has no tokenizer.json")),
+            (_, None) => return Some(format!("the {other_name} has no tokenizer.json")),
+        };
+        if t.vocab_size() != o.vocab_size() {
+            return Some(format!(
+                "tokenizers have {} ({name}) and {} ({other_name}) tokens",
+                t.vocab_size(),
+                o.vocab_size()
+            ));
+        }
+        (0..t.vocab_size() as u32).find_map(|id| {
+            let (x, y) = (t.id_to_token(id), o.id_to_token(id));
+            (x != y)
+                .then(|| format!("token {id} is {x:?} in the {name} and {y:?} in the {other_name}"))
+        })
+    }
+}
+
 /// Builds a model from safetensors files, warning about tensors it did not use.
 pub fn load_weights(
     config: &LlamaConfig,

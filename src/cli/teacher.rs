@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use distill_model::device::DeviceChoice;
 use distill_model::train::TrainControl;
+use distill_teacher::compare::{self, CompareConfig, NamedModel};
 use distill_teacher::ppo::{self, PpoConfig};
 use distill_teacher::pretrain::{self, PretrainConfig};
 use distill_teacher::questions::generate::{self as questions, QuestionsConfig};
@@ -23,6 +24,25 @@ pub enum TeacherCommand {
     Questions(QuestionsArgs),
     /// PPO against the reward model with a KL penalty to the SFT policy.
     Ppo(PpoArgs),
+    /// Compare the path's models (base, SFT, PPO) on held-out prompts: gold score, reward,
+    /// multiple-choice accuracy and KL to SFT, with paired-bootstrap intervals for each gain.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// A TOML file of settings (see README); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A model as NAME=PATH, in the path's order (repeat; replaces the file's list).
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    models: Vec<String>,
+    /// The reward model (`teacher reward`'s OUT/model).
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -87,7 +107,42 @@ pub fn run(command: TeacherCommand, device: DeviceChoice) -> Result<()> {
         TeacherCommand::Reward(args) => run_reward(args, device),
         TeacherCommand::Questions(args) => run_questions(args),
         TeacherCommand::Ppo(args) => run_ppo(args, device),
+        TeacherCommand::Compare(args) => run_compare(args, device),
     }
+}
+
+fn run_compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => CompareConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
+        None => CompareConfig::default(),
+    };
+    if !args.models.is_empty() {
+        config.models = args
+            .models
+            .iter()
+            .map(|m| match m.split_once('=') {
+                Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(NamedModel {
+                    name: name.into(),
+                    path: path.into(),
+                }),
+                _ => Err(anyhow::anyhow!("--model {m:?}: expected NAME=PATH")),
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(rm) = args.reward_model {
+        config.reward_model = Some(rm);
+    }
+    if let Some(out) = args.out {
+        config.out = out;
+    }
+    let report = compare::run(&config, &device.open()?)?;
+    println!("{}", report.markdown());
+    println!(
+        "written to {} in {:.0}s",
+        config.out.join("compare.json").display(),
+        report.seconds
+    );
+    Ok(())
 }
 
 fn run_ppo(args: PpoArgs, device: DeviceChoice) -> Result<()> {

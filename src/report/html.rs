@@ -4,6 +4,8 @@
 use super::markdown::{self, HEADLINE, NONE};
 use super::{Report, chart};
 use anyhow::Result;
+use distill_teacher::bootstrap::Interval;
+use distill_teacher::compare::CompareReport;
 use std::fmt::Write;
 
 const STYLE: &str = "
@@ -63,6 +65,9 @@ pub fn render(report: &Report) -> Result<String> {
          (the teacher has no KL to itself).</p>"
     )?;
 
+    if let Some(c) = &report.teacher_stages {
+        out += &teacher_stages(c)?;
+    }
     out += "<h2>Quality against size</h2>\n<div class=\"chart\">\n";
     out += &chart::quality_vs_size(report)?;
     out += "</div>\n<h2>Decode speed against size</h2>\n";
@@ -121,6 +126,74 @@ pub fn render(report: &Report) -> Result<String> {
         "<h2>Settings</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
         escape(&settings)
     )?;
+    Ok(out)
+}
+
+/// The teacher's stages side by side: scores, gains with intervals, sample answers.
+fn teacher_stages(c: &CompareReport) -> Result<String> {
+    let mut out = String::from("<h2>Teacher stages</h2>\n");
+    writeln!(
+        out,
+        "<p>{} held-out prompts answered greedily (at most {} tokens); means with {:.0}% \
+         paired-bootstrap intervals ({} resamples).</p>\n<table>\n<tr><th>model</th>\
+         <th>gold score</th><th>reward</th><th>MC accuracy</th><th>KL to {}</th>\
+         <th>answer tokens</th></tr>",
+        c.prompts_used,
+        c.max_new_tokens,
+        c.level * 100.0,
+        c.bootstrap_samples,
+        escape(c.reference.as_deref().unwrap_or(NONE))
+    )?;
+    let show = |i: &Option<Interval>| {
+        i.map_or(NONE.to_string(), |i| {
+            format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
+        })
+    };
+    for m in &c.models {
+        writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}</td></tr>",
+            escape(&m.name),
+            show(&Some(m.gold)),
+            show(&m.reward),
+            show(&m.choice_accuracy),
+            show(&m.kl_to_reference),
+            m.answer_tokens
+        )?;
+    }
+    out += "</table>\n<table>\n<tr><th>gain</th><th>metric</th><th>mean gain [CI]</th></tr>\n";
+    for g in &c.gains {
+        writeln!(
+            out,
+            "<tr><td>{} → {}</td><td>{}</td><td class=\"num\">{:+.3} [{:+.3}, {:+.3}]</td></tr>",
+            escape(&g.from),
+            escape(&g.to),
+            escape(&g.metric),
+            g.gain.estimate,
+            g.gain.low,
+            g.gain.high
+        )?;
+    }
+    out += "</table>\n";
+    for e in &c.examples {
+        writeln!(
+            out,
+            "<p><b>{}</b>: {}</p>\n<ul>",
+            escape(&e.id),
+            escape(&e.prompt)
+        )?;
+        for a in &e.answers {
+            writeln!(
+                out,
+                "<li><i>{}</i> (gold {:.2}): {}</li>",
+                escape(&a.model),
+                a.gold,
+                escape(a.answer.trim())
+            )?;
+        }
+        out += "</ul>\n";
+    }
     Ok(out)
 }
 

@@ -31,6 +31,7 @@ pub fn render(report: &Report) -> String {
     let mut out = format!("# {}\n\n", report.title);
     writeln!(out, "Created {}.\n", report.created).unwrap();
     out += &headline(report);
+    out += &teacher_stages(report);
     out += "\n## Machine\n\n";
     let m = &report.machine;
     let rows = vec![
@@ -100,16 +101,30 @@ pub fn headline(report: &Report) -> String {
     out
 }
 
-/// The block for a README: the headline table and the chart, linked by `chart_link`.
+/// The teacher's stages side by side, as a section (empty without them).
+pub fn teacher_stages(report: &Report) -> String {
+    report.teacher_stages.as_ref().map_or(String::new(), |c| {
+        format!(
+            "\n## Teacher stages\n\nThe teacher before and after each stage of the InstructGPT \
+             path, answering held-out man-page prompts; ✓ marks a gain whose interval lies above \
+             zero.\n\n{}",
+            c.markdown()
+        )
+    })
+}
+
+/// The block for a README: the headline table and the chart, linked by `chart_link`, then
+/// the teacher's stages when the run has them.
 pub fn readme_block(report: &Report, chart_link: &str) -> String {
     let m = &report.machine;
     format!(
-        "{}\nMeasured on {} ({} cores), {}; {}.\n\n![Man-page perplexity against size]({chart_link})\n",
+        "{}\nMeasured on {} ({} cores), {}; {}.\n\n![Man-page perplexity against size]({chart_link})\n{}",
         headline(report),
         m.cpu,
         m.cores,
         m.device,
-        report.created
+        report.created,
+        teacher_stages(report).replace("\n## ", "\n### ")
     )
 }
 

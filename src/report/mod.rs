@@ -47,6 +47,10 @@ pub struct Report {
     pub settings: serde_json::Value,
     /// The teacher and the students.
     pub models: Vec<ModelResult>,
+    /// The teacher's training stages compared on held-out prompts (`teacher compare`), when
+    /// the run trained it through SFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_stages: Option<distill_teacher::compare::CompareReport>,
 }
 
 /// The machine a report was made on.
@@ -161,6 +165,7 @@ impl Report {
             eval,
             settings,
             models: Vec::new(),
+            teacher_stages: None,
         }
     }
 
@@ -417,6 +422,7 @@ pub(crate) mod tests {
                 }],
             },
             settings: serde_json::json!({"teacher": "smollm2", "students": [{"prune": 0.5}]}),
+            teacher_stages: None,
             models: vec![
                 model(
                     "teacher",

@@ -22,6 +22,7 @@ use distill_model::device::DeviceChoice;
 use distill_model::eval::{self, EvalConfig, EvalData, EvalReport};
 use distill_model::gguf::GgufDtype;
 use distill_model::train::TrainControl;
+use distill_teacher::compare::{CompareConfig, CompareReport, NamedModel};
 use distill_teacher::questions::choice::{ChoiceReport, evaluate_choices, flip_rate};
 use recipe::{LoadedRecipe, variant_suffix};
 use serde_json::{Value, json};
@@ -112,7 +113,8 @@ pub fn count_stages(r: &recipe::Recipe) -> usize {
     let teacher = usize::from(t.pretrain.is_some())
         + usize::from(t.sft.is_some())
         + usize::from(t.reward.is_some())
-        + usize::from(t.ppo.is_some());
+        + usize::from(t.ppo.is_some())
+        + usize::from(t.compare.is_some());
     let mut models = 1;
     let mut made = 0;
     let mut exported = 0;
@@ -145,7 +147,7 @@ pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> 
     std::fs::copy(&loaded.path, &recipe_copy)
         .with_context(|| format!("cannot copy the recipe to {}", recipe_copy.display()))?;
 
-    let teacher = teacher(&mut run)?;
+    let (teacher, compared) = teacher(&mut run)?;
     let mut models = vec![teacher.clone()];
     for i in 0..r.students.len() {
         models.extend(student(&mut run, &teacher, i)?);
@@ -170,11 +172,12 @@ pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> 
             export_model(&mut run, r, &teacher)?;
         }
     }
-    write_report(&mut run, &results)
+    write_report(&mut run, &results, compared)
 }
 
-/// The teacher: the recipe's model, or the output of its training stages.
-fn teacher(run: &mut Runner) -> Result<Model> {
+/// The teacher: the recipe's model, or the output of its training stages; with the comparison
+/// of those stages when the recipe asks for it.
+fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
     let spec = run.loaded.recipe.teacher.clone();
     let key = run.hashes.of(&spec.model)?;
     let mut m = Model {
@@ -219,7 +222,9 @@ fn teacher(run: &mut Runner) -> Result<Model> {
             config.train.batch_size * config.train.grad_accum * config.train.seq_len
         ));
     }
+    let mut stages: Vec<(String, Model)> = Vec::new();
     if let Some(config) = spec.sft {
+        stages.push(("base".into(), m.clone()));
         let inputs = [
             m.key.clone(),
             run.hashes.of(&config.train_data)?,
@@ -244,6 +249,7 @@ fn teacher(run: &mut Runner) -> Result<Model> {
             config.train_data.display(),
             config.train.steps
         ));
+        stages.push(("sft".into(), m.clone()));
     }
     let mut reward = None;
     if let Some(config) = spec.reward {
@@ -266,7 +272,7 @@ fn teacher(run: &mut Runner) -> Result<Model> {
         })?;
         reward = Some((stage.dir.join("model"), stage.key.clone()));
     }
-    if let (Some(config), Some((reward_model, reward_key))) = (spec.ppo, reward) {
+    if let (Some(config), Some((reward_model, reward_key))) = (spec.ppo, reward.clone()) {
         let inputs = [
             m.key.clone(),
             reward_key,
@@ -289,8 +295,51 @@ fn teacher(run: &mut Runner) -> Result<Model> {
             config.prompts.display(),
             config.steps
         ));
+        stages.push(("ppo".into(), m.clone()));
     }
-    Ok(m)
+    let compared = match spec.compare {
+        Some(config) => Some(compare_stages(run, config, &stages, reward.as_ref())?),
+        None => None,
+    };
+    Ok((m, compared))
+}
+
+/// The `teacher/compare` stage: the models before and after each training stage side by side
+/// on held-out prompts; returns its report.
+fn compare_stages(
+    run: &mut Runner,
+    mut config: CompareConfig,
+    stages: &[(String, Model)],
+    reward: Option<&(PathBuf, String)>,
+) -> Result<CompareReport> {
+    let mut inputs: Vec<String> = stages.iter().map(|(_, m)| m.key.clone()).collect();
+    inputs.extend(reward.map(|(_, key)| key.clone()));
+    inputs.push(run.hashes.of(&config.prompts)?);
+    inputs.push(run.hashes.of(&config.gold_facts)?);
+    inputs.push(run.data_hash(&config.rankings)?);
+    let stage = run.stage(
+        "teacher/compare",
+        stage::key("compare", &config, &refs(&inputs)),
+    );
+    config.models = stages
+        .iter()
+        .map(|(name, m)| NamedModel {
+            name: name.clone(),
+            path: m.path.clone(),
+        })
+        .collect();
+    config.reward_model = reward.map(|(path, _)| path.clone());
+    let device = run.device.clone();
+    run.run(&stage, |dir, _| {
+        config.out = dir.to_path_buf();
+        let r = distill_teacher::compare::run(&config, &device)?;
+        Ok(json!({ "models": r.models.len(), "prompts": r.prompts_used, "gains": r.gains }))
+    })?;
+    let path = stage.dir.join("compare.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a comparison report", path.display()))
 }
 
 fn run_control(resume: bool) -> TrainControl {
@@ -653,7 +702,11 @@ fn export_model(run: &mut Runner, measured: &Measured, teacher: &Model) -> Resul
 }
 
 /// The report over every model.
-fn write_report(run: &mut Runner, results: &[Measured]) -> Result<Report> {
+fn write_report(
+    run: &mut Runner,
+    results: &[Measured],
+    teacher_stages: Option<CompareReport>,
+) -> Result<Report> {
     let loaded = run.loaded;
     let r = &loaded.recipe;
     let mut data = Vec::new();
@@ -704,6 +757,10 @@ fn write_report(run: &mut Runner, results: &[Measured]) -> Result<Report> {
             quality: quality.value.clone(),
         });
     }
+    if let Some(c) = &teacher_stages {
+        keys.push(serde_json::to_string(c)?);
+    }
+    report.teacher_stages = teacher_stages;
     let stage = run.stage("report", stage::key("report", &(), &refs(&keys)));
     run.run(&stage, |dir, _| {
         report::write(&report, dir)?;

@@ -7,6 +7,7 @@ use crate::report::SpeedSettings;
 use anyhow::{Result, anyhow, bail};
 use distill_student::distill::KdRunConfig;
 use distill_student::prune::run::PruneRunConfig;
+use distill_teacher::compare::CompareConfig;
 use distill_teacher::ppo::PpoConfig;
 use distill_teacher::pretrain::PretrainConfig;
 use distill_teacher::reward::RewardConfig;
@@ -68,6 +69,12 @@ pub struct TeacherSpec {
     /// `out` are set by the run.
     #[serde(default)]
     pub ppo: Option<PpoConfig>,
+    /// The stages' models side by side on held-out prompts (`teacher compare` settings; needs
+    /// `sft`): the model before SFT, the SFT model and, with `ppo`, the PPO model, with the
+    /// reward model when there is one. `models`, `reference`, `reward_model` and `out` are
+    /// set by the run.
+    #[serde(default)]
+    pub compare: Option<CompareConfig>,
 }
 
 fn teacher_name() -> String {
@@ -384,6 +391,31 @@ fn check_teacher_stages(t: &TeacherSpec) -> Result<()> {
             bail!("key `teacher.ppo`: PPO needs `teacher.sft` and `teacher.reward` stages");
         }
     }
+    if let Some(c) = &t.compare {
+        let d = CompareConfig::default();
+        owned("teacher.compare.models", !c.models.is_empty())?;
+        owned("teacher.compare.reference", c.reference != d.reference)?;
+        owned("teacher.compare.reward_model", c.reward_model.is_some())?;
+        owned("teacher.compare.out", c.out != d.out)?;
+        exists("teacher.compare.prompts", &c.prompts)?;
+        exists("teacher.compare.gold_facts", &c.gold_facts)?;
+        if let Some(r) = &c.rankings {
+            exists("teacher.compare.rankings", r)?;
+        }
+        if t.sft.is_none() {
+            bail!("key `teacher.compare`: comparing the stages needs a `teacher.sft` stage");
+        }
+        let mut probe = c.clone();
+        probe.models = ["base", "sft"]
+            .map(|name| distill_teacher::compare::NamedModel {
+                name: name.into(),
+                path: PathBuf::new(),
+            })
+            .to_vec();
+        probe
+            .validate()
+            .map_err(|e| anyhow!("key `teacher.compare`: {e}"))?;
+    }
     Ok(())
 }
 
@@ -479,6 +511,23 @@ mod tests {
         assert!(e.contains("student[1].name"), "{e}");
         let e = err("[export]\ngguf = [\"q2_k\"]\n");
         assert!(e.contains("export.gguf[0]"), "{e}");
+        let f = dir.path().join("data.txt");
+        let compare =
+            format!("[teacher.compare]\nprompts = {f:?}\ngold_facts = {f:?}\nrankings = {f:?}\n");
+        let e = err(&compare);
+        assert!(
+            e.contains("teacher.compare") && e.contains("teacher.sft"),
+            "{e}"
+        );
+        let e = err(&format!("{compare}out = \"x\"\n"));
+        assert!(
+            e.contains("teacher.compare.out") && e.contains("set by the run"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{compare}[[teacher.compare.models]]\nname = \"a\"\npath = \"b\"\n"
+        ));
+        assert!(e.contains("teacher.compare.models"), "{e}");
         let body = base(dir.path()).replace("[data]", "[data]\nvalid = \"/missing\"");
         let e = load(&write(dir.path(), &body))
             .map(|_| ())

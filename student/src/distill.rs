@@ -227,46 +227,22 @@ impl KdRunConfig {
     }
 }
 
-/// Refuses a teacher and student that do not share a tokenizer: the same vocabulary size (of
-/// the models and of the tokenizers) and the same token string for every id.
+/// Refuses a teacher and student that do not share a tokenizer (see
+/// [`ModelDir::vocabulary_mismatch`]).
 pub fn check_same_tokenizer(
     teacher: &ModelDir,
     teacher_name: &str,
     student: &ModelDir,
     student_name: &str,
 ) -> Result<(), KdError> {
-    let fail = |reason: String| KdError::Vocabulary {
-        teacher: teacher_name.to_string(),
-        student: student_name.to_string(),
-        reason,
-    };
-    let (tv, sv) = (teacher.config.vocab_size, student.config.vocab_size);
-    if tv != sv {
-        return Err(fail(format!(
-            "vocabulary sizes differ: {tv} (teacher) and {sv} (student)"
-        )));
+    match teacher.vocabulary_mismatch("teacher", student, "student") {
+        Some(reason) => Err(KdError::Vocabulary {
+            teacher: teacher_name.to_string(),
+            student: student_name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
     }
-    let (t, s) = match (&teacher.tokenizer, &student.tokenizer) {
-        (Some(t), Some(s)) => (t, s),
-        (None, _) => return Err(fail("the teacher has no tokenizer.json".into())),
-        (_, None) => return Err(fail("the student has no tokenizer.json".into())),
-    };
-    if t.vocab_size() != s.vocab_size() {
-        return Err(fail(format!(
-            "tokenizers have {} (teacher) and {} (student) tokens",
-            t.vocab_size(),
-            s.vocab_size()
-        )));
-    }
-    for id in 0..t.vocab_size() as u32 {
-        let (a, b) = (t.id_to_token(id), s.id_to_token(id));
-        if a != b {
-            return Err(fail(format!(
-                "token {id} is {a:?} in the teacher and {b:?} in the student"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The teacher's side of a run.

@@ -4,6 +4,8 @@
 //! fine-tuning on demonstrations (`sft`), a reward model trained on rankings (`reward`), and
 //! PPO against it with a KL penalty to the SFT policy (`ppo`).
 
+pub mod bootstrap;
+pub mod compare;
 pub mod ppo;
 pub mod pretrain;
 pub mod questions;

@@ -34,6 +34,7 @@ use crate::reward::RewardError;
 use burn::prelude::Device;
 use distill_model::chat::{self, ChatError, ChatTemplate, Message};
 use distill_model::data::{self, DataError, PackedWindows};
+use distill_model::tokenizer::Tokenizer;
 use distill_model::train::{TrainControl, TrainError};
 use std::path::PathBuf;
 
@@ -164,6 +165,52 @@ fn gold_judge(facts: &std::path::Path, prompts: &std::path::Path) -> Result<Gold
     Ok(judge)
 }
 
+/// `records` rendered as the user's turn with `template`'s generation prompt and tokenized,
+/// skipping (with a warning) those over `max_len` tokens; returns the kept records and their
+/// ids. None kept is an error naming `path`.
+pub(crate) fn chat_prompts(
+    records: Vec<Prompt>,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    max_len: usize,
+    path: &std::path::Path,
+) -> Result<(Vec<Prompt>, Vec<Vec<u32>>), ChatError> {
+    let total = records.len();
+    let mut kept = Vec::new();
+    let mut prompts = Vec::new();
+    for r in records {
+        let text = template.render(&[Message::user(&r.prompt)], true)?;
+        let ids = chat::encode_prompt(tokenizer, &text)?;
+        if !ids.is_empty() && ids.len() <= max_len {
+            prompts.push(ids);
+            kept.push(r);
+        }
+    }
+    if prompts.len() < total {
+        tracing::warn!(
+            "{}: skipped {} of {total} prompts longer than {max_len} tokens",
+            path.display(),
+            total - prompts.len(),
+        );
+    }
+    Ok((kept, prompts))
+}
+
+/// The tokens that end a chat answer: the model's EOS ids, the tokenizer's EOS and the
+/// template's end of turn.
+pub(crate) fn stop_tokens(
+    model: &distill_model::checkpoint::ModelDir,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Vec<u32> {
+    let mut stop = model.config.eos_token_id.clone();
+    stop.extend(tokenizer.eos_id());
+    stop.extend(template.end_of_turn(tokenizer));
+    stop.sort_unstable();
+    stop.dedup();
+    stop
+}
+
 /// Runs PPO against `reward` with the rest from files: loads the SFT policy (`config.policy`)
 /// on `device` with autodiff, sends each prompt of `config.prompts` through the policy's chat
 /// template as the user's turn (skipping those over `max_prompt_length` tokens), reads the
@@ -186,38 +233,15 @@ pub fn run_with(
     })?;
     let template = ChatTemplate::from_tokenizer(&tokenizer)?;
 
-    let prompts_name = config.prompts.display();
     let records: Vec<Prompt> = records::read_jsonl(&config.prompts)?;
-    let total = records.len();
-    let mut kept = Vec::new();
-    let mut prompts = Vec::new();
-    for r in records {
-        let text = template.render(&[Message::user(&r.prompt)], true)?;
-        let ids = chat::encode_prompt(&tokenizer, &text)?;
-        if !ids.is_empty() && ids.len() <= config.max_prompt_length {
-            prompts.push(ids);
-            kept.push(r);
-        }
-    }
-    if prompts.is_empty() {
-        return Err(PpoError::Config(format!(
-            "{prompts_name}: none of its {total} prompts fits max_prompt_length = {} tokens",
-            config.max_prompt_length
-        )));
-    }
-    if prompts.len() < total {
-        tracing::warn!(
-            "{prompts_name}: skipped {} of {total} prompts longer than {} tokens",
-            total - prompts.len(),
-            config.max_prompt_length
-        );
-    }
-
-    let mut stop_tokens = sft.config.eos_token_id.clone();
-    stop_tokens.extend(tokenizer.eos_id());
-    stop_tokens.extend(template.end_of_turn(&tokenizer));
-    stop_tokens.sort_unstable();
-    stop_tokens.dedup();
+    let (kept, prompts) = chat_prompts(
+        records,
+        &tokenizer,
+        &template,
+        config.max_prompt_length,
+        &config.prompts,
+    )?;
+    let stop_tokens = stop_tokens(&sft, &tokenizer, &template);
 
     let ptx = match &config.ptx {
         Some(c) => {
@@ -227,6 +251,13 @@ pub fn run_with(
         }
         None => None,
     };
+    if prompts.is_empty() {
+        return Err(PpoError::Config(format!(
+            "{}: none of its prompts fits max_prompt_length = {} tokens",
+            config.prompts.display(),
+            config.max_prompt_length
+        )));
+    }
     let mut judge = gold.map(|judge| {
         let (kept, tokenizer, stops) = (&kept, &tokenizer, &stop_tokens);
         move |i: usize, response: &[u32]| {

@@ -172,6 +172,12 @@ fn token_logprobs(
     (logprobs, log_dist)
 }
 
+/// log π(·) over the vocabulary at each response position of `batch`, `[batch, response,
+/// vocab]`.
+pub fn response_log_dist(lm: &LlamaForCausalLM, batch: &RolloutBatch) -> Tensor<3> {
+    token_logprobs(lm, response_hidden(lm, batch), batch).1
+}
+
 /// log π of `batch`'s response tokens under `lm` (the frozen reference).
 pub fn response_logprobs(lm: &LlamaForCausalLM, batch: &RolloutBatch) -> Tensor<2> {
     token_logprobs(lm, response_hidden(lm, batch), batch).0

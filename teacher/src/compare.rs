@@ -1,0 +1,716 @@
+//! `distill teacher compare`: the models of the InstructGPT path (base, SFT, PPO) side by side
+//! on held-out prompts, as InstructGPT compares its stages. Each model answers every prompt
+//! greedily (chat template, at most `max_new_tokens`); each answer is scored by the gold judge
+//! and, when given, the reward model; its KL to the reference policy (the SFT model) is summed
+//! over the answer's tokens; and the multiple-choice rankings are scored. Every gain between
+//! consecutive models (and from the first to the last) comes with a paired-bootstrap 95%
+//! interval over the prompts or questions ([`crate::bootstrap`]).
+//!
+//! KL here is exact per position: Σ_t Σ_v π(v|ctx_t)·(log π − log π_ref)(v|ctx_t) along the
+//! model's own greedy answer, in nats per answer (PPO's log samples at temperature 1 and
+//! estimates it from the sampled tokens, so the two differ).
+
+use crate::bootstrap::{Interval, mean_interval, paired_difference};
+use crate::ppo::policy::response_log_dist;
+use crate::ppo::rollout::RolloutBatch;
+use crate::ppo::{RewardFn, RewardModelFn, chat_prompts, stop_tokens};
+use crate::questions::choice::{ChoiceError, evaluate_choices};
+use crate::questions::judge::{GoldJudge, JudgeError};
+use crate::records::{self, Prompt, RecordError};
+use crate::reward::RewardError;
+use burn::prelude::*;
+use distill_model::chat::{ChatError, ChatTemplate};
+use distill_model::checkpoint::ModelDir;
+use distill_model::fsutil::{write_bytes_atomic, write_json_atomic};
+use distill_model::generate::{GenerateConfig, generate_continuations};
+use distill_model::llama::LlamaForCausalLM;
+use distill_model::sample::SamplingConfig;
+use distill_model::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Confidence level of every interval.
+pub const LEVEL: f64 = 0.95;
+
+/// One model to compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedModel {
+    /// Its name in the report (`base`, `sft`, `ppo`).
+    pub name: String,
+    /// An HF directory or a GGUF file.
+    pub path: PathBuf,
+}
+
+/// Everything `teacher compare` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareConfig {
+    /// The models, in the order of the path; each is compared with the one before it, and
+    /// the last with the first. At least two. Default none.
+    pub models: Vec<NamedModel>,
+    /// The model KL is measured against, by name. Default `sft`; when no model has this
+    /// name, no KL is measured.
+    pub reference: String,
+    /// The reward model (`teacher reward`'s `OUT/model`); none skips the reward score.
+    /// Default none.
+    pub reward_model: Option<PathBuf>,
+    /// Held-out prompts, `{"id","prompt"}`, whose ids the judge knows. Default
+    /// `assets/questions/prompts.test.jsonl`.
+    pub prompts: PathBuf,
+    /// The gold judge's facts. Default `assets/questions/facts.jsonl`.
+    pub gold_facts: PathBuf,
+    /// Rankings for the multiple-choice accuracy; none skips it. Default
+    /// `assets/questions/rankings.test.jsonl`.
+    pub rankings: Option<PathBuf>,
+    /// Prompts longer than this many tokens (chat template applied) are skipped. Default 64.
+    pub max_prompt_length: usize,
+    /// Most tokens per answer. Default 48.
+    pub max_new_tokens: usize,
+    /// Prompts answered (and sequences scored) per forward. Default 8.
+    pub batch_size: usize,
+    /// Bootstrap resamples per interval. Default 10000.
+    pub bootstrap_samples: usize,
+    /// Seed of the resampling. Default 0.
+    pub seed: u64,
+    /// Prompts whose answers are shown in the report, every model's side by side. Default 3.
+    pub examples: usize,
+    /// Output folder: `compare.json`, `compare.md`, `answers.jsonl`. Default `runs/compare`.
+    pub out: PathBuf,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            reference: "sft".into(),
+            reward_model: None,
+            prompts: "assets/questions/prompts.test.jsonl".into(),
+            gold_facts: "assets/questions/facts.jsonl".into(),
+            rankings: Some("assets/questions/rankings.test.jsonl".into()),
+            max_prompt_length: 64,
+            max_new_tokens: 48,
+            batch_size: 8,
+            bootstrap_samples: 10_000,
+            seed: 0,
+            examples: 3,
+            out: "runs/compare".into(),
+        }
+    }
+}
+
+impl CompareConfig {
+    /// Reads a TOML file; unknown keys and bad values are errors naming the file and key.
+    pub fn from_toml_file(path: &Path) -> Result<Self, String> {
+        distill_model::fsutil::read_toml(path)
+    }
+
+    /// Checks the settings make sense; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.models.len() < 2 {
+            return Err(format!(
+                "models: {} given, at least two are needed to compare",
+                self.models.len()
+            ));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("models: the name `{}` is used twice", m.name));
+            }
+        }
+        for (key, v) in [
+            ("max_prompt_length", self.max_prompt_length),
+            ("max_new_tokens", self.max_new_tokens),
+            ("batch_size", self.batch_size),
+            ("bootstrap_samples", self.bootstrap_samples),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a comparison could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] distill_model::load::LoadError),
+    /// Models that do not share a tokenizer.
+    #[error("models `{first}` and `{other}` do not share a tokenizer: {reason}")]
+    Vocabulary {
+        first: String,
+        other: String,
+        reason: String,
+    },
+    /// The prompts file is unusable.
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    /// The chat template cannot render a prompt.
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// The reward model could not be loaded.
+    #[error(transparent)]
+    RewardModel(#[from] RewardError),
+    /// The gold judge's facts are unusable, or lack a prompt's id.
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    /// The rankings could not be scored.
+    #[error(transparent)]
+    Choice(#[from] ChoiceError),
+    /// An output file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One model's scores: means over the prompts (questions for the accuracy) with intervals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelScores {
+    /// The model's name.
+    pub name: String,
+    /// Where it was loaded from.
+    pub path: String,
+    /// Gold judge score in [0, 1].
+    pub gold: Interval,
+    /// Reward model score.
+    pub reward: Option<Interval>,
+    /// KL to the reference, nats per answer (none for the reference itself).
+    pub kl_to_reference: Option<Interval>,
+    /// Multiple-choice accuracy (summed log-probability).
+    pub choice_accuracy: Option<Interval>,
+    /// Mean answer length in tokens (with the stop token, if any).
+    pub answer_tokens: f64,
+    /// Fraction of answers that ended with a stop token before `max_new_tokens`.
+    pub finished: f64,
+}
+
+/// The gain of `to` over `from` in one metric, paired over the same prompts or questions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gain {
+    /// The earlier model.
+    pub from: String,
+    /// The later model.
+    pub to: String,
+    /// `gold`, `reward` or `choice_accuracy`.
+    pub metric: String,
+    /// Mean of `to − from` with its interval.
+    pub gain: Interval,
+    /// Items paired.
+    pub n: usize,
+}
+
+/// One model's answer to a prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The prompt's id.
+    pub id: String,
+    /// The model's name.
+    pub model: String,
+    /// The decoded answer, without its stop token.
+    pub answer: String,
+    /// The answer's token ids, with the stop token that ended it, if any.
+    pub tokens: Vec<u32>,
+    /// Gold judge score.
+    pub gold: f64,
+    /// Reward model score.
+    pub reward: Option<f64>,
+    /// KL to the reference along the answer, nats.
+    pub kl: Option<f64>,
+}
+
+/// A prompt with every model's answer, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// The prompt's id.
+    pub id: String,
+    /// The user's turn.
+    pub prompt: String,
+    /// One answer per model, in model order.
+    pub answers: Vec<Answer>,
+}
+
+/// What `teacher compare` measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareReport {
+    /// The prompts file and its SHA-256.
+    pub prompts: String,
+    pub prompts_sha256: String,
+    /// Prompts answered (those within `max_prompt_length`).
+    pub prompts_used: usize,
+    /// The rankings file, when scored, and its question count.
+    pub rankings: Option<String>,
+    pub questions: usize,
+    /// The model KL is measured against, if any.
+    pub reference: Option<String>,
+    /// Decoding: greedy, at most this many tokens.
+    pub max_new_tokens: usize,
+    /// Bootstrap resamples per interval, confidence level, seed.
+    pub bootstrap_samples: usize,
+    pub level: f64,
+    pub seed: u64,
+    /// Per model, in order.
+    pub models: Vec<ModelScores>,
+    /// Consecutive gains, then last over first.
+    pub gains: Vec<Gain>,
+    /// Sample answers.
+    pub examples: Vec<Example>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Per-item measurements of one model.
+struct Measured {
+    answers: Vec<Answer>,
+    /// Answer lengths in tokens, with the stop token.
+    lengths: Vec<usize>,
+    finished: Vec<bool>,
+    correct: Option<Vec<f64>>,
+}
+
+/// Runs the comparison of `config` on `device` and writes its files.
+pub fn run(config: &CompareConfig, device: &Device) -> Result<CompareReport, CompareError> {
+    config.validate().map_err(CompareError::Config)?;
+    let t0 = Instant::now();
+    let judge = GoldJudge::load(&config.gold_facts)?;
+    let records: Vec<Prompt> = records::read_jsonl(&config.prompts)?;
+    let first = distill_model::load::load_model(&config.models[0].path, device)?;
+    let tokenizer = first.tokenizer.clone().ok_or_else(|| {
+        CompareError::Config(format!(
+            "{}: no tokenizer.json next to the model",
+            config.models[0].path.display()
+        ))
+    })?;
+    let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+    let (kept, prompts) = chat_prompts(
+        records,
+        &tokenizer,
+        &template,
+        config.max_prompt_length,
+        &config.prompts,
+    )?;
+    if prompts.is_empty() {
+        return Err(CompareError::Config(format!(
+            "{}: no prompt fits max_prompt_length = {} tokens",
+            config.prompts.display(),
+            config.max_prompt_length
+        )));
+    }
+    let ids: Vec<String> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = p.id.clone().unwrap_or_default();
+            judge.score(&id, "").map(|_| id).map_err(|_| {
+                CompareError::Config(format!(
+                    "{}: prompt {} (id {:?}) has no facts in {}",
+                    config.prompts.display(),
+                    i + 1,
+                    p.id,
+                    config.gold_facts.display()
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let stops = stop_tokens(&first, &tokenizer, &template);
+    let mut reward = match &config.reward_model {
+        Some(path) => {
+            let rm = crate::reward::load_reward_model(path, device)?;
+            Some(RewardModelFn::new(rm.model, &tokenizer)?)
+        }
+        None => None,
+    };
+
+    let load_checked = |spec: &NamedModel| -> Result<ModelDir, CompareError> {
+        let m = distill_model::load::load_model(&spec.path, device)?;
+        let name0 = &config.models[0].name;
+        match first.vocabulary_mismatch(name0, &m, &spec.name) {
+            Some(reason) => Err(CompareError::Vocabulary {
+                first: name0.clone(),
+                other: spec.name.clone(),
+                reason,
+            }),
+            None => Ok(m),
+        }
+    };
+    let reference_index = config
+        .models
+        .iter()
+        .position(|m| m.name == config.reference);
+    let reference = match reference_index {
+        Some(0) => Some(first.model.clone()),
+        Some(r) => Some(load_checked(&config.models[r])?.model),
+        None => None,
+    };
+    let context = Context {
+        config,
+        prompts: &prompts,
+        ids: &ids,
+        stops: &stops,
+        tokenizer: &tokenizer,
+        judge: &judge,
+        device,
+    };
+    let mut measured = Vec::with_capacity(config.models.len());
+    for (i, spec) in config.models.iter().enumerate() {
+        let loaded;
+        let m = if i == 0 {
+            &first
+        } else {
+            loaded = load_checked(spec)?;
+            &loaded
+        };
+        let kl_reference = reference.as_ref().filter(|_| reference_index != Some(i));
+        measured.push(context.measure(m, &spec.name, reward.as_mut(), kl_reference)?);
+    }
+
+    let report = summarize(config, &kept, &measured, reference_index, t0);
+    write_outputs(config, &report, &measured)?;
+    Ok(report)
+}
+
+/// What every model is measured with.
+struct Context<'a> {
+    config: &'a CompareConfig,
+    prompts: &'a [Vec<u32>],
+    ids: &'a [String],
+    stops: &'a [u32],
+    tokenizer: &'a Tokenizer,
+    judge: &'a GoldJudge,
+    device: &'a Device,
+}
+
+impl Context<'_> {
+    /// Answers every prompt with `m` and scores the answers; scores the rankings.
+    fn measure(
+        &self,
+        m: &ModelDir,
+        name: &str,
+        reward: Option<&mut RewardModelFn>,
+        reference: Option<&LlamaForCausalLM>,
+    ) -> Result<Measured, CompareError> {
+        let (config, batch) = (self.config, self.config.batch_size);
+        tracing::info!("`{name}`: answering {} prompts", self.prompts.len());
+        let bar = distill_model::train::step_bar(self.prompts.len(), false);
+        bar.set_message(format!("{name}: answers"));
+        let generate = GenerateConfig {
+            max_new_tokens: config.max_new_tokens,
+            stop_tokens: self.stops.to_vec(),
+            sampling: SamplingConfig::default(),
+        };
+        let mut tokens = Vec::with_capacity(self.prompts.len());
+        let mut finished = Vec::with_capacity(self.prompts.len());
+        for chunk in self.prompts.chunks(batch) {
+            for c in generate_continuations(&m.model, chunk, &generate, self.device) {
+                finished.push(c.stop_token.is_some());
+                tokens.push(
+                    c.tokens
+                        .into_iter()
+                        .chain(c.stop_token)
+                        .collect::<Vec<u32>>(),
+                );
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let rewards: Option<Vec<f64>> = reward.map(|r| {
+            self.prompts
+                .chunks(batch)
+                .zip(tokens.chunks(batch))
+                .flat_map(|(p, t)| r.score(p, t))
+                .map(f64::from)
+                .collect()
+        });
+        let kl: Option<Vec<f64>> = reference.map(|reference| {
+            self.prompts
+                .chunks(batch)
+                .zip(tokens.chunks(batch))
+                .flat_map(|(p, t)| answer_kl(&m.model, reference, p, t))
+                .collect()
+        });
+        let correct = match &config.rankings {
+            Some(path) => {
+                tracing::info!("`{name}`: scoring the rankings of {}", path.display());
+                let report = evaluate_choices(m, name, path, batch, self.device, |_, _| {})?;
+                let right = |p: &crate::questions::choice::ChoicePrediction| {
+                    f64::from(u8::from(p.correct()))
+                };
+                Some(report.predictions.iter().map(right).collect())
+            }
+            None => None,
+        };
+        let mut answers = Vec::with_capacity(tokens.len());
+        for (k, toks) in tokens.iter().enumerate() {
+            let body = &toks[..toks.len() - usize::from(finished[k])];
+            let text = self.tokenizer.decode(body).unwrap_or_default();
+            answers.push(Answer {
+                id: self.ids[k].clone(),
+                model: name.to_string(),
+                gold: self.judge.score(&self.ids[k], &text)?,
+                answer: text,
+                tokens: toks.clone(),
+                reward: rewards.as_ref().map(|r| r[k]),
+                kl: kl.as_ref().map(|v| v[k]),
+            });
+        }
+        Ok(Measured {
+            answers,
+            lengths: tokens.iter().map(Vec::len).collect(),
+            finished,
+            correct,
+        })
+    }
+}
+
+/// Σ over each answer's tokens of KL(π_model ‖ π_reference) at that position, in nats.
+fn answer_kl(
+    model: &LlamaForCausalLM,
+    reference: &LlamaForCausalLM,
+    prompts: &[Vec<u32>],
+    answers: &[Vec<u32>],
+) -> Vec<f64> {
+    let batch = RolloutBatch::new(prompts.to_vec(), answers.to_vec());
+    let p = response_log_dist(model, &batch);
+    let q = response_log_dist(reference, &batch);
+    let [b, r, _] = p.dims();
+    let per_token: Vec<f32> = (p.clone().exp() * (p - q))
+        .sum_dim(2)
+        .reshape([b * r])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 tensor");
+    answers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            per_token[i * r..i * r + a.len()]
+                .iter()
+                .map(|&x| f64::from(x))
+                .sum()
+        })
+        .collect()
+}
+
+/// One value per prompt or question, when measured.
+type Column = Option<Vec<f64>>;
+
+/// Means with intervals per model, the gains, and the examples.
+fn summarize(
+    config: &CompareConfig,
+    kept: &[Prompt],
+    measured: &[Measured],
+    reference: Option<usize>,
+    t0: Instant,
+) -> CompareReport {
+    let (samples, seed) = (config.bootstrap_samples, config.seed);
+    let column = |m: &Measured, f: fn(&Answer) -> Option<f64>| -> Column {
+        m.answers.iter().map(f).collect()
+    };
+    let gold = |a: &Answer| Some(a.gold);
+    let reward = |a: &Answer| a.reward;
+    let kl = |a: &Answer| a.kl;
+    let interval = |v: Column| v.map(|v| mean_interval(&v, samples, LEVEL, seed));
+    let models = config
+        .models
+        .iter()
+        .zip(measured)
+        .map(|(spec, m)| {
+            let n = m.answers.len().max(1) as f64;
+            ModelScores {
+                name: spec.name.clone(),
+                path: spec.path.display().to_string(),
+                gold: interval(column(m, gold)).expect("every answer has a gold score"),
+                reward: interval(column(m, reward)),
+                kl_to_reference: interval(column(m, kl)),
+                choice_accuracy: interval(m.correct.clone()),
+                answer_tokens: m.lengths.iter().sum::<usize>() as f64 / n,
+                finished: m.finished.iter().filter(|&&f| f).count() as f64 / n,
+            }
+        })
+        .collect();
+
+    let last = measured.len() - 1;
+    let mut pairs: Vec<(usize, usize)> = (1..measured.len()).map(|i| (i - 1, i)).collect();
+    if last > 1 {
+        pairs.push((0, last));
+    }
+    let mut gains = Vec::new();
+    for (a, b) in pairs {
+        let metrics: [(&str, Column, Column); 3] = [
+            (
+                "gold",
+                column(&measured[a], gold),
+                column(&measured[b], gold),
+            ),
+            (
+                "reward",
+                column(&measured[a], reward),
+                column(&measured[b], reward),
+            ),
+            (
+                "choice_accuracy",
+                measured[a].correct.clone(),
+                measured[b].correct.clone(),
+            ),
+        ];
+        for (metric, before, after) in metrics {
+            if let (Some(before), Some(after)) = (before, after) {
+                gains.push(Gain {
+                    from: config.models[a].name.clone(),
+                    to: config.models[b].name.clone(),
+                    metric: metric.to_string(),
+                    gain: paired_difference(&before, &after, samples, LEVEL, seed),
+                    n: before.len(),
+                });
+            }
+        }
+    }
+
+    let step = (kept.len() / config.examples.max(1)).max(1);
+    let examples = (0..kept.len())
+        .step_by(step)
+        .take(config.examples)
+        .map(|k| Example {
+            id: measured[0].answers[k].id.clone(),
+            prompt: kept[k].prompt.clone(),
+            answers: measured.iter().map(|m| m.answers[k].clone()).collect(),
+        })
+        .collect();
+    let bytes = std::fs::read(&config.prompts).unwrap_or_default();
+    CompareReport {
+        prompts: config.prompts.display().to_string(),
+        prompts_sha256: format!("{:x}", Sha256::digest(&bytes)),
+        prompts_used: kept.len(),
+        rankings: config.rankings.as_ref().map(|p| p.display().to_string()),
+        questions: measured[0].correct.as_ref().map_or(0, Vec::len),
+        reference: reference.map(|r| config.models[r].name.clone()),
+        max_new_tokens: config.max_new_tokens,
+        bootstrap_samples: samples,
+        level: LEVEL,
+        seed,
+        models,
+        gains,
+        examples,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// `compare.json`, `compare.md` and `answers.jsonl` (every answer) in `config.out`.
+fn write_outputs(
+    config: &CompareConfig,
+    report: &CompareReport,
+    measured: &[Measured],
+) -> Result<(), CompareError> {
+    let io = |path: PathBuf| move |source| CompareError::Io { path, source };
+    std::fs::create_dir_all(&config.out).map_err(io(config.out.clone()))?;
+    let json = config.out.join("compare.json");
+    let value = serde_json::to_value(report).expect("report serializes");
+    write_json_atomic(&json, &value).map_err(io(json.clone()))?;
+    let md = config.out.join("compare.md");
+    write_bytes_atomic(&md, report.markdown().as_bytes()).map_err(io(md.clone()))?;
+    let mut lines = String::new();
+    for a in measured.iter().flat_map(|m| &m.answers) {
+        lines.push_str(&serde_json::to_string(a).expect("answer serializes"));
+        lines.push('\n');
+    }
+    let answers = config.out.join("answers.jsonl");
+    write_bytes_atomic(&answers, lines.as_bytes()).map_err(io(answers.clone()))?;
+    Ok(())
+}
+
+/// `0.123 [0.101, 0.145]`.
+fn show(i: &Interval) -> String {
+    format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
+}
+
+fn show_opt(i: &Option<Interval>) -> String {
+    i.as_ref().map_or_else(|| "–".to_string(), show)
+}
+
+impl CompareReport {
+    /// The tables (scores per model, gains with intervals) and the sample answers, in
+    /// Markdown.
+    pub fn markdown(&self) -> String {
+        let pct = format!("{:.0}%", self.level * 100.0);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} held-out prompts of `{}` answered greedily (at most {} tokens){}; means with \
+             {pct} bootstrap intervals ({} resamples, seed {}).\n",
+            self.prompts_used,
+            self.prompts,
+            self.max_new_tokens,
+            self.rankings.as_ref().map_or(String::new(), |r| format!(
+                "; multiple choice on the {} questions of `{r}`",
+                self.questions
+            )),
+            self.bootstrap_samples,
+            self.seed
+        );
+        let kl_head = self
+            .reference
+            .as_ref()
+            .map_or("KL".to_string(), |r| format!("KL to {r} (nats/answer)"));
+        let _ = writeln!(
+            s,
+            "| model | gold score | reward | MC accuracy | {kl_head} | answer tokens | finished |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for m in &self.models {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.1} | {:.0}% |",
+                m.name,
+                show(&m.gold),
+                show_opt(&m.reward),
+                show_opt(&m.choice_accuracy),
+                show_opt(&m.kl_to_reference),
+                m.answer_tokens,
+                m.finished * 100.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n| gain | metric | mean gain [{pct} CI] | paired items |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        for g in &self.gains {
+            let _ = writeln!(
+                s,
+                "| {} → {} | {} | {:+.3} [{:+.3}, {:+.3}]{} | {} |",
+                g.from,
+                g.to,
+                g.metric,
+                g.gain.estimate,
+                g.gain.low,
+                g.gain.high,
+                if g.gain.above_zero() { " ✓" } else { "" },
+                g.n
+            );
+        }
+        for e in &self.examples {
+            let _ = writeln!(s, "\n**{}**: {}\n", e.id, e.prompt.replace('\n', " "));
+            for a in &e.answers {
+                let _ = writeln!(
+                    s,
+                    "- *{}* (gold {:.2}): {}",
+                    a.model,
+                    a.gold,
+                    a.answer.replace('\n', " ").trim()
+                );
+            }
+        }
+        s
+    }
+}
