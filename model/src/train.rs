@@ -271,7 +271,42 @@ pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_n
     norm
 }
 
-fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+/// The gradients of step `step`: `grad_accum` micro-batches of `task`, each loss divided by
+/// `grad_accum`; returns them with the step's loss (the micro-batches' sum).
+pub fn step_gradients<M: Module, T: TrainTask<M>>(
+    model: &M,
+    task: &mut T,
+    config: &TrainConfig,
+    step: usize,
+) -> (GradientsParams, f64) {
+    let mut accumulator = GradientsAccumulator::new();
+    let mut loss_sum = 0.0;
+    for micro in 0..config.grad_accum {
+        let loss = task.train_loss(model, step * config.grad_accum + micro);
+        let loss = loss.div_scalar(config.grad_accum as f64);
+        loss_sum += scalar(loss.clone().detach());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        accumulator.accumulate(model, grads);
+    }
+    (accumulator.grads(), loss_sum)
+}
+
+/// Clips `grads` to `grad_clip` and takes `optim`'s step at step `step`'s learning rate;
+/// returns the model and the gradient norm before clipping.
+pub fn apply_step<M: Module>(
+    model: M,
+    mut grads: GradientsParams,
+    optim: &mut ModuleOptimizer,
+    config: &TrainConfig,
+    step: usize,
+) -> (M, f64) {
+    let norm = clip_global_norm(&model, &mut grads, config.grad_clip);
+    (optim.step(config.lr_at(step), model, grads), norm)
+}
+
+/// The loop's optimizer: AdamW with `config`'s betas, epsilon and weight decay, no decay on
+/// norm weights and biases.
+pub fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let adamw = |decay: f32| {
         AdamWConfig::new()
             .with_beta_1(config.beta1)
@@ -416,17 +451,7 @@ where
     let stop = control.stop_after.unwrap_or(usize::MAX).min(config.steps);
     while state.step < stop {
         let step = state.step;
-        let lr = config.lr_at(step);
-        let mut accumulator = GradientsAccumulator::new();
-        let mut loss_sum = 0.0;
-        for micro in 0..config.grad_accum {
-            let loss = task.train_loss(&model, step * config.grad_accum + micro);
-            let loss = loss.div_scalar(config.grad_accum as f64);
-            loss_sum += scalar(loss.clone().detach());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        let loss = loss_sum;
+        let (grads, loss) = step_gradients(&model, task, config, step);
         let mean = state.loss_mean.unwrap_or(loss);
         let diverged = if !loss.is_finite() {
             Some("not finite".to_string())
@@ -447,9 +472,8 @@ where
                 checkpoint: last_good.or_else(|| checkpoints.latest()),
             });
         }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
-        model = task.after_step(optim.step(lr, model, grads));
+        let (stepped, grad_norm) = apply_step(model, grads, &mut optim, config, step);
+        model = task.after_step(stepped);
         state.step += 1;
         state.loss_mean = Some(0.9 * mean + 0.1 * loss);
 
@@ -469,6 +493,7 @@ where
             train: loss,
             valid,
         });
+        let lr = config.lr_at(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.2}"));
         bar.set_position(state.step as u64);
         if let Some(v) = valid {
