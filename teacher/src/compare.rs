@@ -347,10 +347,10 @@ pub fn run(config: &CompareConfig, device: &Device) -> Result<CompareReport, Com
         .models
         .iter()
         .position(|m| m.name == config.reference);
-    let reference = match reference_index {
-        Some(0) => Some(first.model.clone()),
-        Some(r) => Some(load_checked(&config.models[r])?.model),
-        None => None,
+    // Loaded once, before the models KL is measured against it (the first model is at hand).
+    let reference_dir = match reference_index {
+        Some(r) if r > 0 => Some(load_checked(&config.models[r])?),
+        _ => None,
     };
     let context = Context {
         config,
@@ -364,17 +364,35 @@ pub fn run(config: &CompareConfig, device: &Device) -> Result<CompareReport, Com
     let mut measured = Vec::with_capacity(config.models.len());
     for (i, spec) in config.models.iter().enumerate() {
         let loaded;
-        let m = if i == 0 {
-            &first
-        } else {
-            loaded = load_checked(spec)?;
-            &loaded
+        let m = match (i, &reference_dir) {
+            (0, _) => &first,
+            (i, Some(r)) if Some(i) == reference_index => r,
+            _ => {
+                loaded = load_checked(spec)?;
+                &loaded
+            }
         };
-        let kl_reference = reference.as_ref().filter(|_| reference_index != Some(i));
+        let kl_reference = match reference_index {
+            Some(r) if r != i => Some(reference_dir.as_ref().map_or(&first.model, |d| &d.model)),
+            _ => None,
+        };
         measured.push(context.measure(m, &spec.name, reward.as_mut(), kl_reference)?);
     }
 
-    let report = summarize(config, &kept, &measured, reference_index, t0);
+    let prompts_sha256 = std::fs::read(&config.prompts)
+        .map(|bytes| format!("{:x}", Sha256::digest(&bytes)))
+        .map_err(|source| CompareError::Io {
+            path: config.prompts.clone(),
+            source,
+        })?;
+    let report = summarize(
+        config,
+        &kept,
+        &measured,
+        reference_index,
+        prompts_sha256,
+        t0,
+    );
     write_outputs(config, &report, &measured)?;
     Ok(report)
 }
@@ -511,6 +529,7 @@ fn summarize(
     kept: &[Prompt],
     measured: &[Measured],
     reference: Option<usize>,
+    prompts_sha256: String,
     t0: Instant,
 ) -> CompareReport {
     let (samples, seed) = (config.bootstrap_samples, config.seed);
@@ -587,10 +606,9 @@ fn summarize(
             answers: measured.iter().map(|m| m.answers[k].clone()).collect(),
         })
         .collect();
-    let bytes = std::fs::read(&config.prompts).unwrap_or_default();
     CompareReport {
         prompts: config.prompts.display().to_string(),
-        prompts_sha256: format!("{:x}", Sha256::digest(&bytes)),
+        prompts_sha256,
         prompts_used: kept.len(),
         rankings: config.rankings.as_ref().map(|p| p.display().to_string()),
         questions: measured[0].correct.as_ref().map_or(0, Vec::len),
