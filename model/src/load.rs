@@ -2,6 +2,7 @@
 
 use crate::checkpoint::{self, CheckpointError, ModelDir};
 use crate::gguf::{self, GgufError};
+use crate::tokenizer::Tokenizer;
 use burn::prelude::Device;
 use std::path::Path;
 
@@ -29,6 +30,27 @@ pub fn load_model(path: &Path, device: &Device) -> Result<ModelDir, LoadError> {
     } else {
         Ok(checkpoint::load_dir(path, device)?)
     }
+}
+
+/// Takes `m`'s tokenizer for training it further: an error naming `path` when the model has
+/// none, or when the tokenizer has more tokens than the model has embeddings.
+pub fn take_training_tokenizer(m: &mut ModelDir, path: &Path) -> Result<Tokenizer, String> {
+    let tokenizer = m.tokenizer.take().ok_or_else(|| {
+        format!(
+            "{}: no tokenizer.json: a model trained further needs its tokenizer (and, for \
+             chats, its chat template)",
+            path.display()
+        )
+    })?;
+    if tokenizer.vocab_size() > m.config.vocab_size {
+        return Err(format!(
+            "{}: tokenizer has {} tokens but the model only {} embeddings",
+            path.display(),
+            tokenizer.vocab_size(),
+            m.config.vocab_size
+        ));
+    }
+    Ok(tokenizer)
 }
 
 /// SHA-256 over a model's bytes: the GGUF file, or an HF directory's `config.json` and

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum TeacherCommand {
     /// Pretrain from scratch or continue training a model on text.
-    Pretrain(PretrainArgs),
+    Pretrain(StageArgs),
     /// Supervised fine-tuning on demonstrations (loss on the assistant's tokens only).
     Sft(StageArgs),
     /// Train a reward model on ranked answers, from the SFT model.
@@ -73,31 +73,6 @@ pub struct QuestionsArgs {
     /// Seed of the phrasing, candidate and order choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-#[derive(Args)]
-pub struct PretrainArgs {
-    /// A TOML file of settings (see README); the flags below override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Continue training this HF model directory.
-    #[arg(long)]
-    init: Option<PathBuf>,
-    /// Training text (.jsonl of {"text"} lines, or plain text).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Validation text.
-    #[arg(long)]
-    valid: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Optimizer steps.
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Continue from the last checkpoint in the output folder.
-    #[arg(long)]
-    resume: bool,
 }
 
 pub fn run(command: TeacherCommand, device: DeviceChoice) -> Result<()> {
@@ -221,32 +196,21 @@ fn run_questions(args: QuestionsArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_pretrain(args: PretrainArgs, device: DeviceChoice) -> Result<()> {
+fn run_pretrain(args: StageArgs, device: DeviceChoice) -> Result<()> {
     let mut config = match &args.config {
         Some(path) => PretrainConfig::from_toml_file(path)?,
         None => PretrainConfig::default(),
     };
-    if let Some(init) = args.init {
-        config.init = Some(init);
+    if let Some(init) = &args.init {
+        config.init = Some(init.clone());
     }
-    if let Some(data) = args.data {
-        config.train_data = data;
-    }
-    if let Some(valid) = args.valid {
-        config.valid_data = Some(valid);
-    }
-    if let Some(out) = args.out {
-        config.out = out;
-    }
-    if let Some(steps) = args.steps {
-        config.train.steps = steps;
-    }
-    let device = device.open()?;
-    let control = TrainControl {
-        resume: args.resume,
-        ..TrainControl::default()
-    };
-    let s = pretrain::run(&config, &device, &control)?;
+    args.apply(
+        &mut config.train_data,
+        &mut config.valid_data,
+        &mut config.out,
+        &mut config.train.steps,
+    );
+    let s = pretrain::run(&config, &device.open()?, &args.control())?;
     let last = s.history.last();
     println!(
         "pretraining finished: {} steps in {:.1}s",
@@ -269,19 +233,21 @@ fn run_pretrain(args: PretrainArgs, device: DeviceChoice) -> Result<()> {
     Ok(())
 }
 
-/// The flags `teacher sft` and `teacher reward` share.
+/// The flags `teacher pretrain`, `teacher sft` and `teacher reward` share.
 #[derive(Args)]
 pub struct StageArgs {
     /// A TOML file of settings (see README); the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The model to start from (HF directory or GGUF file).
+    /// The model to start from (HF directory or GGUF file); for pretrain, without it the
+    /// model starts from scratch.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Training records (.jsonl).
+    /// Training data: text (.jsonl of {"text"} lines, or plain text) for pretrain, records
+    /// (.jsonl) for sft and reward.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Validation records (.jsonl).
+    /// Validation data, as `--data`.
     #[arg(long)]
     valid: Option<PathBuf>,
     /// Output folder.
@@ -296,18 +262,15 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
-    /// Overrides the config's keys with the flags given.
+    /// Overrides the config's keys with the flags given (all but `--init`, whose key differs
+    /// in type between the stages).
     fn apply(
         &self,
-        init: &mut PathBuf,
         train_data: &mut PathBuf,
         valid_data: &mut Option<PathBuf>,
         out: &mut PathBuf,
         steps: &mut usize,
     ) {
-        if let Some(v) = &self.init {
-            *init = v.clone();
-        }
         if let Some(v) = &self.data {
             *train_data = v.clone();
         }
@@ -335,8 +298,10 @@ fn run_sft(args: StageArgs, device: DeviceChoice) -> Result<()> {
         Some(path) => SftConfig::from_toml_file(path)?,
         None => SftConfig::default(),
     };
+    if let Some(init) = &args.init {
+        config.init = init.clone();
+    }
     args.apply(
-        &mut config.init,
         &mut config.train_data,
         &mut config.valid_data,
         &mut config.out,
@@ -375,8 +340,10 @@ fn run_reward(args: StageArgs, device: DeviceChoice) -> Result<()> {
         Some(path) => RewardConfig::from_toml_file(path)?,
         None => RewardConfig::default(),
     };
+    if let Some(init) = &args.init {
+        config.init = init.clone();
+    }
     args.apply(
-        &mut config.init,
         &mut config.train_data,
         &mut config.valid_data,
         &mut config.out,

@@ -58,6 +58,16 @@ struct Model {
     format: String,
 }
 
+impl Model {
+    /// Becomes the model `stage` wrote (in its `model/` folder), keyed by the stage, with
+    /// `step` added to its lineage.
+    fn made_by(&mut self, stage: &Stage, step: String) {
+        self.path = stage.dir.join("model");
+        self.key = stage.key.clone();
+        self.lineage.push(step);
+    }
+}
+
 /// The run in progress: where it is and what it has hashed.
 struct Runner<'a> {
     loaded: &'a LoadedRecipe,
@@ -213,14 +223,15 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
                 "final_valid_loss": s.history.iter().rev().find_map(|p| p.valid),
             }))
         })?;
-        m.path = stage.dir.join("model");
-        m.key = stage.key.clone();
-        m.lineage.push(format!(
-            "continued pretraining on `{}`: {} steps × {} tokens",
-            config.train_data.display(),
-            config.train.steps,
-            config.train.batch_size * config.train.grad_accum * config.train.seq_len
-        ));
+        m.made_by(
+            &stage,
+            format!(
+                "continued pretraining on `{}`: {} steps × {} tokens",
+                config.train_data.display(),
+                config.train.steps,
+                config.train.batch_size * config.train.grad_accum * config.train.seq_len
+            ),
+        );
     }
     let mut stages: Vec<(String, Model)> = Vec::new();
     if let Some(config) = spec.sft {
@@ -242,13 +253,14 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
                 "final_valid_loss": s.history.iter().rev().find_map(|p| p.valid),
             }))
         })?;
-        m.path = stage.dir.join("model");
-        m.key = stage.key.clone();
-        m.lineage.push(format!(
-            "supervised fine-tuning on `{}`: {} steps",
-            config.train_data.display(),
-            config.train.steps
-        ));
+        m.made_by(
+            &stage,
+            format!(
+                "supervised fine-tuning on `{}`: {} steps",
+                config.train_data.display(),
+                config.train.steps
+            ),
+        );
         stages.push(("sft".into(), m.clone()));
     }
     let mut reward = None;
@@ -288,9 +300,7 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             let s = distill_teacher::ppo::run(&settings, &device, &run_control(resume))?;
             Ok(json!({ "steps": s.steps_done, "last": s.history.last() }))
         })?;
-        m.path = stage.dir.join("model");
-        m.key = stage.key.clone();
-        m.lineage.push(format!(
+        m.made_by(&stage, format!(
             "PPO against the reward model with a KL penalty to the SFT policy on `{}`: {} steps",
             config.prompts.display(),
             config.steps
@@ -385,18 +395,19 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
                 "seconds": report.seconds,
             }))
         })?;
-        current.path = stage.dir.join("model");
-        current.key = stage.key.clone();
-        current.lineage.push(format!(
-            "pruned on `{}`: parameters {} → {}",
-            config
-                .calib_data
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display(),
-            summary["parameters"][0],
-            summary["parameters"][1]
-        ));
+        current.made_by(
+            &stage,
+            format!(
+                "pruned on `{}`: parameters {} → {}",
+                config
+                    .calib_data
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display(),
+                summary["parameters"][0],
+                summary["parameters"][1]
+            ),
+        );
         if spec.kd.is_some() {
             out.push(Model {
                 name: format!("{}-pruned", spec.name),
@@ -432,15 +443,16 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
                 "final_valid_loss": s.history.iter().rev().find_map(|p| p.valid),
             }))
         })?;
-        current.path = stage.dir.join("model");
-        current.key = stage.key.clone();
-        current.lineage.push(format!(
-            "distilled from the teacher ({}, α = {}) on {} tokens of `{}`",
-            serde_json::to_value(&config.kd.loss)?["kind"],
-            config.kd.alpha,
-            summary["tokens"],
-            config.train_data.display()
-        ));
+        current.made_by(
+            &stage,
+            format!(
+                "distilled from the teacher ({}, α = {}) on {} tokens of `{}`",
+                serde_json::to_value(&config.kd.loss)?["kind"],
+                config.kd.alpha,
+                summary["tokens"],
+                config.train_data.display()
+            ),
+        );
     }
     let float_made = spec.prune.is_some() || spec.kd.is_some();
     if float_made {

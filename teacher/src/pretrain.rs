@@ -225,21 +225,9 @@ pub fn run(
 
     let (model, tokenizer, model_config, generation_config) = match &config.init {
         Some(dir) => {
-            let m = distill_model::load::load_model(dir, &device)?;
-            let tokenizer = m.tokenizer.ok_or_else(|| {
-                PretrainError::Config(format!(
-                    "{}: no tokenizer.json: a model to continue needs its tokenizer",
-                    dir.display()
-                ))
-            })?;
-            if tokenizer.vocab_size() > m.config.vocab_size {
-                return Err(PretrainError::Config(format!(
-                    "{}: tokenizer has {} tokens but the model only {} embeddings",
-                    dir.display(),
-                    tokenizer.vocab_size(),
-                    m.config.vocab_size
-                )));
-            }
+            let mut m = distill_model::load::load_model(dir, &device)?;
+            let tokenizer = distill_model::load::take_training_tokenizer(&mut m, dir)
+                .map_err(PretrainError::Config)?;
             (m.model, tokenizer, m.config, m.generation_config)
         }
         None => {

@@ -586,13 +586,9 @@ pub fn run(
     let (valid_rankings, test_rankings) = (read(&config.valid_data)?, read(&config.test_data)?);
 
     let device = device.clone().autodiff();
-    let m = distill_model::load::load_model(&config.init, &device)?;
-    let tokenizer = m.tokenizer.ok_or_else(|| {
-        RewardError::Config(format!(
-            "{}: no tokenizer: the SFT model's tokenizer and chat template are needed",
-            config.init.display()
-        ))
-    })?;
+    let mut m = distill_model::load::load_model(&config.init, &device)?;
+    let tokenizer = distill_model::load::take_training_tokenizer(&mut m, &config.init)
+        .map_err(RewardError::Config)?;
     let encoder = ChatEncoder::new(
         &tokenizer,
         config.max_prompt_tokens,

@@ -496,21 +496,9 @@ pub fn run(
     };
 
     let device = device.clone().autodiff();
-    let m = distill_model::load::load_model(&config.init, &device)?;
-    let tokenizer = m.tokenizer.ok_or_else(|| {
-        SftError::Config(format!(
-            "{}: no tokenizer: a model to fine-tune needs its tokenizer and chat template",
-            config.init.display()
-        ))
-    })?;
-    if tokenizer.vocab_size() > m.config.vocab_size {
-        return Err(SftError::Config(format!(
-            "{}: tokenizer has {} tokens but the model only {} embeddings",
-            config.init.display(),
-            tokenizer.vocab_size(),
-            m.config.vocab_size
-        )));
-    }
+    let mut m = distill_model::load::load_model(&config.init, &device)?;
+    let tokenizer = distill_model::load::take_training_tokenizer(&mut m, &config.init)
+        .map_err(SftError::Config)?;
     let encoder = ChatEncoder::new(
         &tokenizer,
         config.max_prompt_tokens,
