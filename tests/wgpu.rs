@@ -210,3 +210,39 @@ fn quantized_model_on_wgpu_matches_the_cpu() {
         assert!(diff <= 1e-4 && worst <= 1e-4, "{scheme}: {diff} / {worst}");
     }
 }
+
+/// The per-row negative log-likelihood through autodiff: WGPU (burn's operations) against the
+/// CPU's fused kernel, loss and gradient.
+#[test]
+fn row_nll_and_its_gradient_match_the_cpu() {
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)")
+        .autodiff();
+    let cpu = Device::flex().autodiff();
+    let (rows, vocab) = (6, 97);
+    let x: Vec<f32> = (0..rows * vocab)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 40.0)
+        .collect();
+    let t: Vec<i64> = (0..rows).map(|i| (i * 31 % vocab) as i64).collect();
+    let run = |d: &Device| {
+        let x = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, vocab]), d).require_grad();
+        let t = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [rows]), d);
+        let w = Tensor::<1>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0, 1.0, 3.0], [rows]),
+            d,
+        );
+        let nll = distill_model::fused::row_nll(x.clone(), t);
+        let grads = (nll.clone() * w).sum().backward();
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        (nll.into_data().try_to_vec::<f32>().unwrap(), g)
+    };
+    let (want, want_grad) = run(&cpu);
+    let (got, got_grad) = run(&gpu);
+    let (d, dg) = (max_diff(&want, &got), max_diff(&want_grad, &got_grad));
+    println!("wgpu vs flex row_nll: max |Δ| loss {d:e}, gradient {dg:e}");
+    assert!(
+        d <= 1e-4 && dg <= 1e-5,
+        "loss differs by {d}, gradient by {dg}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod fsutil;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod layout;

@@ -1,7 +1,7 @@
 //! The language-modelling loss: next-token cross-entropy, optionally over selected positions.
 
+use crate::fused::row_nll;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against `targets` `[batch, seq]`.
 /// With `weights` `[batch, seq]` (1 for positions that count, 0 for the rest) the mean runs
@@ -12,14 +12,13 @@ pub fn cross_entropy(
     weights: Option<Tensor<2>>,
 ) -> Tensor<1> {
     let [b, s, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([b * s, v]), 1);
-    let picked = logp.gather(1, targets.reshape([b * s, 1])).reshape([b * s]);
+    let nll = row_nll(logits.reshape([b * s, v]), targets.reshape([b * s]));
     match weights {
-        None => picked.mean().neg(),
+        None => nll.mean(),
         Some(w) => {
             let w = w.reshape([b * s]);
             let total = w.clone().sum().clamp_min(1e-12);
-            (picked * w).sum().div(total).neg()
+            (nll * w).sum().div(total)
         }
     }
 }

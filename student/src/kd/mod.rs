@@ -45,6 +45,7 @@ use std::ops::Range;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::log_softmax;
+use distill_model::fused::row_nll;
 use serde::{Deserialize, Serialize};
 
 /// Smallest tail mass used in a log: an empty or numerically negative tail sits here on both
@@ -231,15 +232,6 @@ fn kl(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
     (a.clone().exp() * (a - b)).sum_dim(1).squeeze_dim(1)
 }
 
-/// Per-position hard-label cross-entropy `[N]` at temperature 1.
-fn cross_entropy_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let n = targets.dims()[0];
-    log_softmax(logits, 1)
-        .gather(1, targets.reshape([n, 1]))
-        .squeeze_dim(1)
-        .neg()
-}
-
 /// The loss of one chunk, summed over its positions so that chunks add.
 #[derive(Debug, Clone)]
 pub struct KdTerms {
@@ -273,7 +265,7 @@ pub fn kd_loss(
             Tensor::zeros([n], &device)
         }
     };
-    let ce = cross_entropy_rows(student_logits, constant(targets, &device));
+    let ce = row_nll(student_logits, constant(targets, &device));
     let (kd, ce, count) = match weights {
         None => (
             kd.sum(),

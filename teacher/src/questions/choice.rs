@@ -15,9 +15,9 @@
 
 use crate::records::{Ranking, RecordError, read_rankings};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use distill_model::chat::{ChatError, ChatTemplate, Message, encode_prompt};
 use distill_model::checkpoint::ModelDir;
+use distill_model::fused::row_nll;
 use distill_model::layout::Layout;
 use distill_model::llama::LlamaForCausalLM;
 use distill_model::tokenizer::Tokenizer;
@@ -186,8 +186,10 @@ pub fn score_items(
         }
         let layout = Layout::from_mask(b, width, &mask);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), device);
-        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, width, 1]), device);
-        let logp = log_softmax(model.forward(ids, &layout), 2).gather(2, targets);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * width]), device);
+        let logits = model.forward(ids, &layout);
+        let v = logits.dims()[2];
+        let logp = row_nll(logits.reshape([b * width, v]), targets).neg();
         let logp: Vec<f32> = logp
             .into_data()
             .try_to_vec()
