@@ -16,3 +16,26 @@ pub mod swiglu;
 pub use nll::row_nll;
 pub use softmax::row_softmax;
 pub use swiglu::swiglu;
+
+use burn::backend::flex::FlexTensor;
+
+/// The values of a contiguous f32 tensor.
+fn values(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+/// The values of a contiguous f32 tensor, to overwrite in place (copied first if shared).
+fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
+    let (start, end) = x
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous tensor");
+    &mut x.storage_mut::<f32>()[start..end]
+}
+
+/// The largest elementwise difference, for the tests.
+#[cfg(test)]
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}

@@ -17,6 +17,7 @@ use burn::tensor::{DType, IndexingUpdateOp};
 use rayon::prelude::*;
 
 use super::simd::{log_sum_exp, scaled_exp};
+use super::{values, values_mut};
 
 /// `logits [rows, vocab]`, `targets [rows]` → `[rows]`: each row's negative log-likelihood of
 /// its target, differentiable in `logits`.
@@ -103,14 +104,10 @@ impl RowNllOps for Flex {
         // they are shared): no second `[rows, vocab]` buffer.
         let mut logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
-        let (start, end) = logits
-            .layout()
-            .contiguous_offsets()
-            .expect("row_nll: contiguous logits");
         let t = target_ids(targets, rows, vocab);
         let g = grad.to_contiguous();
-        let g = g.as_slice::<f32>().expect("a contiguous f32 gradient");
-        logits.storage_mut::<f32>()[start..end]
+        let g = values(&g);
+        values_mut(&mut logits)
             .par_chunks_mut(vocab)
             .zip(t.par_iter().zip(g.par_iter()))
             .for_each(|(row, (&t, &g))| {
@@ -186,6 +183,7 @@ fn target_ids(targets: FlexTensor, rows: usize, vocab: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::max_abs_diff;
     use super::*;
     use burn::tensor::activation::log_softmax;
     use rand::rngs::StdRng;
@@ -201,10 +199,6 @@ mod tests {
             .map(|_| rng.random_range(0..vocab as i64))
             .collect();
         (x, t)
-    }
-
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
     }
 
     /// Loss and gradient through autodiff: the fused op against log-softmax and gather, with

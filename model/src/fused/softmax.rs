@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::simd;
+use super::{simd, values, values_mut};
 
 /// Softmax of `x` over its last dimension, differentiable.
 pub fn row_softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -55,7 +55,7 @@ impl RowSoftmaxOps for Flex {
         }
         let mut x = x.to_contiguous();
         let n = row_len(&x);
-        rows_mut(&mut x)
+        values_mut(&mut x)
             .par_chunks_mut(n)
             .with_min_len(MIN_ELEMENTS.div_ceil(n))
             .for_each(simd::softmax);
@@ -69,8 +69,8 @@ impl RowSoftmaxOps for Flex {
         let y = y.to_contiguous();
         let mut grad = grad.to_contiguous();
         let n = row_len(&y);
-        let y = y.as_slice::<f32>().expect("contiguous softmax output");
-        rows_mut(&mut grad)
+        let y = values(&y);
+        values_mut(&mut grad)
             .par_chunks_mut(n)
             .zip(y.par_chunks(n))
             .with_min_len(MIN_ELEMENTS.div_ceil(n))
@@ -86,15 +86,6 @@ const MIN_ELEMENTS: usize = 4096;
 fn row_len(x: &FlexTensor) -> usize {
     let shape = x.shape();
     shape[shape.num_dims() - 1].max(1)
-}
-
-/// The values of a contiguous tensor, to overwrite (copied first if shared).
-fn rows_mut(x: &mut FlexTensor) -> &mut [f32] {
-    let (start, end) = x
-        .layout()
-        .contiguous_offsets()
-        .expect("a contiguous tensor");
-    &mut x.storage_mut::<f32>()[start..end]
 }
 
 impl<B: RowSoftmaxOps, C: CheckpointStrategy> RowSoftmaxOps for Autodiff<B, C> {
@@ -135,12 +126,9 @@ impl<B: RowSoftmaxOps, C: CheckpointStrategy> RowSoftmaxOps for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::max_abs_diff;
     use super::*;
     use burn::tensor::activation::softmax;
-
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-    }
 
     /// Output and input gradient through autodiff against burn's softmax, on attention-shaped
     /// scores with blocked (−1e9) entries.

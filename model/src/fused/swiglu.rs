@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::simd;
+use super::{simd, values, values_mut};
 
 /// `silu(gate) ⊙ up` for tensors of one shape, differentiable in both.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
@@ -115,20 +115,6 @@ impl SwigluOps for Flex {
     }
 }
 
-/// The values of a contiguous f32 tensor.
-fn values(x: &FlexTensor) -> &[f32] {
-    x.as_slice::<f32>().expect("a contiguous f32 tensor")
-}
-
-/// The values of a contiguous f32 tensor, to overwrite (copied first if shared).
-fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
-    let (start, end) = x
-        .layout()
-        .contiguous_offsets()
-        .expect("a contiguous tensor");
-    &mut x.storage_mut::<f32>()[start..end]
-}
-
 impl<B: SwigluOps, C: CheckpointStrategy> SwigluOps for Autodiff<B, C> {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
@@ -175,12 +161,9 @@ impl<B: SwigluOps, C: CheckpointStrategy> SwigluOps for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::max_abs_diff;
     use super::*;
     use burn::tensor::activation::silu;
-
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-    }
 
     /// Output and both gradients through autodiff against burn's `silu(gate) * up`, on more
     /// elements than one thread task and values from −20 to 20.
