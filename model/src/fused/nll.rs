@@ -84,9 +84,7 @@ impl RowNllOps for Flex {
         }
         let logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
-        let x = logits
-            .as_slice::<f32>()
-            .expect("row_nll: contiguous logits");
+        let x = values(&logits);
         let t = target_ids(targets, rows, vocab);
         let out: Vec<f32> = x
             .par_chunks(vocab)
