@@ -419,7 +419,35 @@ fn tiny_recipe_end_to_end() {
     );
     assert_eq!(stages["gains"].as_array().unwrap().len(), 9, "{stages}");
     assert!(out.join("teacher/compare/answers.jsonl").is_file());
+    // The reward model's held-out accuracy, and every stage's running time.
+    let reward = &report["reward"];
+    assert!(reward["overall"]["pairs"].as_u64().unwrap() > 0, "{reward}");
+    assert!(
+        reward["data"].as_str().unwrap().contains("held out"),
+        "{reward}"
+    );
+    let times: Vec<&str> = report["stage_times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert!(t["seconds"].as_f64().unwrap() >= 0.0, "{t}");
+            t["stage"].as_str().unwrap()
+        })
+        .collect();
+    for stage in [
+        "teacher/sft",
+        "teacher/reward",
+        "teacher/ppo",
+        "teacher/compare",
+    ] {
+        assert!(times.contains(&stage), "{stage} in {times:?}");
+    }
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("## Stage times") && md.contains("| teacher/ppo "),
+        "{md}"
+    );
     assert!(
         md.contains("## Teacher stages") && md.contains("| sft → ppo | gold |"),
         "{md}"
@@ -436,7 +464,7 @@ fn tiny_recipe_end_to_end() {
         html.contains("<svg") && !html.contains("src=\"http"),
         "self-contained"
     );
-    assert!(html.contains("<h2>Teacher stages</h2>"));
+    assert!(html.contains("<h2>Teacher stages</h2>") && html.contains("<h2>Stage times</h2>"));
     assert_html_renders(&out.join("report/report.html"));
 
     // A second run redoes nothing; a changed KD setting reruns KD and what follows, not the

@@ -75,6 +75,7 @@ pub fn render(report: &Report) -> Result<String> {
         Some(svg) => write!(out, "<div class=\"chart\">\n{svg}</div>\n")?,
         None => out += "<p class=\"note\">No model's speed was measured.</p>\n",
     }
+    out += &plain_tables(report);
 
     let m = &report.machine;
     out += "<h2>Machine</h2>\n<table>\n";
@@ -127,6 +128,52 @@ pub fn render(report: &Report) -> Result<String> {
         escape(&settings)
     )?;
     Ok(out)
+}
+
+/// The reward model's accuracy and the stage times: the Markdown sections' tables as HTML.
+fn plain_tables(report: &Report) -> String {
+    let mut out = String::new();
+    if let Some(r) = &report.reward {
+        out += "<h2>Reward model</h2>\n";
+        out += &format!(
+            "<p>How often the better answer of a pair scores higher, on the {} rankings of {}; a \
+             tie counts as wrong.</p>\n<table>\n<tr><th>pair type (better&gt;worse)</th>\
+             <th>pairs</th><th>accuracy</th></tr>\n",
+            r.rankings,
+            escape(&r.data)
+        );
+        for (name, a) in std::iter::once(("all pairs", &r.overall))
+            .chain(r.by_pair_type.iter().map(|(k, a)| (k.as_str(), a)))
+        {
+            out += &format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}%</td></tr>\n",
+                escape(name),
+                a.pairs,
+                100.0 * a.accuracy
+            );
+        }
+        out += "</table>\n";
+    }
+    if !report.stage_times.is_empty() {
+        out += "<h2>Stage times</h2>\n<p>Running time of each stage, summed over the sittings \
+                it took (time between sittings and while the process was stopped not \
+                counted).</p>\n<table>\n<tr><th>stage</th><th>time</th></tr>\n";
+        let total: f64 = report.stage_times.iter().map(|t| t.seconds).sum();
+        for (stage, seconds) in report
+            .stage_times
+            .iter()
+            .map(|t| (t.stage.as_str(), t.seconds))
+            .chain(std::iter::once(("total", total)))
+        {
+            out += &format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td></tr>\n",
+                escape(stage),
+                super::markdown::duration(seconds)
+            );
+        }
+        out += "</table>\n";
+    }
+    out
 }
 
 /// The teacher's stages side by side: scores, gains with intervals, sample answers.

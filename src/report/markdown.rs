@@ -32,6 +32,7 @@ pub fn render(report: &Report) -> String {
     writeln!(out, "Created {}.\n", report.created).unwrap();
     out += &headline(report);
     out += &teacher_stages(report);
+    out += &stage_times(report);
     out += "\n## Machine\n\n";
     let m = &report.machine;
     let rows = vec![
@@ -101,20 +102,75 @@ pub fn headline(report: &Report) -> String {
     out
 }
 
-/// The teacher's stages side by side, as a section (empty without them).
+/// The teacher's stages side by side and the reward model's accuracy, as a section (empty
+/// without them).
 pub fn teacher_stages(report: &Report) -> String {
-    report.teacher_stages.as_ref().map_or(String::new(), |c| {
-        format!(
+    let mut out = String::new();
+    if let Some(c) = &report.teacher_stages {
+        write!(
+            out,
             "\n## Teacher stages\n\nThe teacher before and after each stage of the InstructGPT \
              path, answering held-out man-page prompts; ✓ marks a gain whose interval lies above \
              zero.\n\n{}",
             c.markdown()
         )
-    })
+        .unwrap();
+    }
+    if let Some(r) = &report.reward {
+        writeln!(
+            out,
+            "\n## Reward model\n\nHow often the better answer of a pair scores higher, on the \
+             {} rankings of `{}`; a tie counts as wrong.\n",
+            r.rankings, r.data
+        )
+        .unwrap();
+        let row = |name: &str, a: &distill_teacher::reward::PairAccuracy| {
+            vec![
+                cell(name),
+                a.pairs.to_string(),
+                format!("{:.1}%", 100.0 * a.accuracy),
+            ]
+        };
+        let mut rows = vec![row("all pairs", &r.overall)];
+        rows.extend(r.by_pair_type.iter().map(|(k, a)| row(k, a)));
+        out += &table(&["pair type (better>worse)", "pairs", "accuracy"], &rows, 1);
+    }
+    out
+}
+
+/// Each stage's running time, as a section (empty for a report made outside a run).
+pub fn stage_times(report: &Report) -> String {
+    if report.stage_times.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<Vec<String>> = report
+        .stage_times
+        .iter()
+        .map(|t| vec![cell(&t.stage), duration(t.seconds)])
+        .collect();
+    let total: f64 = report.stage_times.iter().map(|t| t.seconds).sum();
+    rows.push(vec!["**total**".into(), duration(total)]);
+    format!(
+        "\n## Stage times\n\nRunning time of each stage, summed over the sittings it took \
+         (time between sittings and while the process was stopped not counted).\n\n{}",
+        table(&["stage", "time"], &rows, 1)
+    )
+}
+
+/// A running time: `42 s`, `12.5 min` or `2 h 05 min`.
+pub fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s < 90.0 => format!("{s:.0} s"),
+        s if s < 90.0 * 60.0 => format!("{:.1} min", s / 60.0),
+        s => {
+            let minutes = (s / 60.0).round() as u64;
+            format!("{} h {:02} min", minutes / 60, minutes % 60)
+        }
+    }
 }
 
 /// The block for a README: the headline table and the chart, linked by `chart_link`, then
-/// the teacher's stages when the run has them.
+/// the teacher's stages and the stage times when the run has them.
 pub fn readme_block(report: &Report, chart_link: &str) -> String {
     let m = &report.machine;
     format!(
@@ -124,7 +180,7 @@ pub fn readme_block(report: &Report, chart_link: &str) -> String {
         m.cores,
         m.device,
         report.created,
-        teacher_stages(report).replace("\n## ", "\n### ")
+        (teacher_stages(report) + &stage_times(report)).replace("\n## ", "\n### ")
     )
 }
 
@@ -291,6 +347,13 @@ mod tests {
             assert!(text.contains(part), "missing {part:?}:\n{text}");
         }
         assert_eq!(data_rows(&headline(&sample())).len(), 4);
+    }
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        assert_eq!(duration(42.4), "42 s");
+        assert_eq!(duration(750.0), "12.5 min");
+        assert_eq!(duration(7500.0), "2 h 05 min");
     }
 
     #[test]

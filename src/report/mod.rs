@@ -51,6 +51,22 @@ pub struct Report {
     /// the run trained it through SFT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_stages: Option<distill_teacher::compare::CompareReport>,
+    /// The reward model's accuracy on held-out rankings (the test file, else the validation
+    /// one), overall and per pair type, when the run trained one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<distill_teacher::reward::AccuracyReport>,
+    /// Every stage's running time, summed over the sittings it took, in run order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_times: Vec<StageTime>,
+}
+
+/// How long one stage of a run ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// The stage, e.g. `teacher/sft`.
+    pub stage: String,
+    /// Seconds it ran, over all sittings (pauses and time between sittings not counted).
+    pub seconds: f64,
 }
 
 /// The machine a report was made on.
@@ -166,6 +182,8 @@ impl Report {
             settings,
             models: Vec::new(),
             teacher_stages: None,
+            reward: None,
+            stage_times: Vec::new(),
         }
     }
 
@@ -423,6 +441,8 @@ pub(crate) mod tests {
             },
             settings: serde_json::json!({"teacher": "smollm2", "students": [{"prune": 0.5}]}),
             teacher_stages: None,
+            reward: None,
+            stage_times: Vec::new(),
             models: vec![
                 model(
                     "teacher",

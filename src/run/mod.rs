@@ -14,7 +14,9 @@ pub mod export;
 pub mod recipe;
 pub mod stage;
 
-use crate::report::{self, DataFile, EvalSettings, Machine, ModelResult, Quality, Report};
+use crate::report::{
+    self, DataFile, EvalSettings, Machine, ModelResult, Quality, Report, StageTime,
+};
 use anyhow::{Context, Result};
 use burn::prelude::Device;
 use distill_model::checkpoint::ModelDir;
@@ -24,6 +26,7 @@ use distill_model::gguf::GgufDtype;
 use distill_model::train::TrainControl;
 use distill_teacher::compare::{CompareConfig, CompareReport, NamedModel};
 use distill_teacher::questions::choice::{ChoiceReport, evaluate_choices, flip_rate};
+use distill_teacher::reward::AccuracyReport;
 use recipe::{LoadedRecipe, variant_suffix};
 use serde_json::{Value, json};
 use stage::{FileHashes, Policy, Stage};
@@ -78,6 +81,8 @@ struct Runner<'a> {
     done: usize,
     total: usize,
     started: Instant,
+    /// Each finished stage's running time, in run order.
+    times: Vec<StageTime>,
 }
 
 impl Runner<'_> {
@@ -108,7 +113,12 @@ impl Runner<'_> {
             stage.name,
             self.started.elapsed().as_secs_f64()
         );
-        stage.run(self.policy, work)
+        let summary = stage.run(self.policy, work)?;
+        self.times.push(StageTime {
+            stage: stage.name.clone(),
+            seconds: stage.seconds(),
+        });
+        Ok(summary)
     }
 
     fn data_hash(&mut self, path: &Option<PathBuf>) -> Result<String> {
@@ -148,6 +158,7 @@ pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> 
         policy: Policy { resume },
         hashes: FileHashes::default(),
         done: 0,
+        times: Vec::new(),
         total: count_stages(r),
         started: Instant::now(),
     };
@@ -773,12 +784,34 @@ fn write_report(
         keys.push(serde_json::to_string(c)?);
     }
     report.teacher_stages = teacher_stages;
+    if r.teacher.reward.is_some() {
+        report.reward = reward_accuracy(&loaded.out.join("teacher/reward"))?;
+        keys.push(serde_json::to_string(&report.reward)?);
+    }
+    report.stage_times = run.times.clone();
+    keys.push(serde_json::to_string(&report.stage_times)?);
     let stage = run.stage("report", stage::key("report", &(), &refs(&keys)));
     run.run(&stage, |dir, _| {
         report::write(&report, dir)?;
         Ok(json!({ "dir": dir.display().to_string() }))
     })?;
     Ok(report)
+}
+
+/// The reward stage's accuracy on its test rankings, else on its validation ones (`None`
+/// when it held none out).
+fn reward_accuracy(dir: &Path) -> Result<Option<AccuracyReport>> {
+    let path = dir.join("reward_report.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Held {
+        validation: Option<AccuracyReport>,
+        test: Option<AccuracyReport>,
+    }
+    let held: Held = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a reward accuracy report", path.display()))?;
+    Ok(held.test.or(held.validation))
 }
 
 /// Bytes of a model's files: a GGUF file, or an HF directory's weights and config.

@@ -13,7 +13,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The marker file in a stage's folder.
 const MARKER: &str = "stage.json";
@@ -25,7 +27,9 @@ pub struct Marker {
     pub key: String,
     /// Whether the stage finished.
     pub done: bool,
-    /// Wall time of the finishing invocation, in seconds.
+    /// Wall time the stage has run, summed over the sittings it took, in seconds; updated
+    /// every few seconds while it runs. Time between sittings and while the process was
+    /// stopped (SIGSTOP, a suspended machine) is not counted.
     #[serde(default)]
     pub seconds: f64,
     /// What the stage produced (its summary), once done.
@@ -107,6 +111,11 @@ impl Stage {
         serde_json::from_str(&text).ok()
     }
 
+    /// How long the stage has run, over all sittings, in seconds (0 before it starts).
+    pub fn seconds(&self) -> f64 {
+        self.marker().map_or(0.0, |m| m.seconds)
+    }
+
     /// Where this stage stands.
     pub fn state(&self) -> State {
         match self.marker() {
@@ -144,27 +153,100 @@ impl Stage {
                 false
             }
         };
+        let before = match self.marker() {
+            Some(m) if resume && m.key == self.key => m.seconds,
+            _ => 0.0,
+        };
         self.write(&Marker {
             key: self.key.clone(),
             done: false,
-            seconds: 0.0,
+            seconds: before,
             summary: Value::Null,
         })?;
-        let started = Instant::now();
-        let summary = work(&self.dir, resume).with_context(|| format!("stage {}", self.name))?;
+        let clock = Clock::start(self.clone(), before);
+        let result = work(&self.dir, resume).with_context(|| format!("stage {}", self.name));
+        let seconds = clock.stop();
         self.write(&Marker {
             key: self.key.clone(),
-            done: true,
-            seconds: started.elapsed().as_secs_f64(),
-            summary: summary.clone(),
+            done: result.is_ok(),
+            seconds,
+            summary: result.as_ref().map_or(Value::Null, Value::clone),
         })?;
-        Ok(summary)
+        result
     }
 
     fn write(&self, marker: &Marker) -> Result<()> {
         let path = self.dir.join(MARKER);
         let value = serde_json::to_value(marker).expect("a marker serializes");
         write_json_atomic(&path, &value).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// How often a running stage's time is written to its marker.
+const TICK: Duration = Duration::from_secs(10);
+
+/// Counts a stage's running time on a thread that writes it to the marker every [`TICK`]. An
+/// interval between two ticks counts at most `TICK` plus a little: a longer one means the
+/// process was stopped (SIGSTOP) or the machine suspended, which is not running time.
+struct Clock {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<f64>>,
+}
+
+impl Clock {
+    fn start(stage: Stage, before: f64) -> Self {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (lock, wake) = &*flag;
+            let (mut seconds, mut last) = (before, Instant::now());
+            let mut stopped = lock.lock().expect("the clock's lock");
+            loop {
+                stopped = wake
+                    .wait_timeout_while(stopped, TICK, |stopped| !*stopped)
+                    .expect("the clock's lock")
+                    .0;
+                let now = Instant::now();
+                seconds += (now - last).min(TICK + TICK / 2).as_secs_f64();
+                last = now;
+                if *stopped {
+                    return seconds;
+                }
+                let marker = Marker {
+                    key: stage.key.clone(),
+                    done: false,
+                    seconds,
+                    summary: Value::Null,
+                };
+                if let Err(e) = stage.write(&marker) {
+                    tracing::warn!("{}: cannot record its running time: {e:#}", stage.name);
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the clock; the stage's running time so far, in seconds.
+    fn stop(mut self) -> f64 {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> f64 {
+        let Some(thread) = self.thread.take() else {
+            return 0.0;
+        };
+        *self.stop.0.lock().expect("the clock's lock") = true;
+        self.stop.1.notify_all();
+        thread.join().expect("the clock's thread")
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -207,6 +289,32 @@ mod tests {
             .run(Policy { resume: true }, |_, resume| Ok(Value::from(resume)))
             .unwrap();
         assert_eq!(resumed, Value::from(true));
+    }
+
+    #[test]
+    fn running_time_adds_up_over_sittings() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = Stage {
+            name: "s".into(),
+            dir: dir.path().join("s"),
+            key: key("kind", &"a", &[]),
+        };
+        let nap = |_: &Path, _: bool| -> Result<Value> {
+            std::thread::sleep(Duration::from_millis(300));
+            bail!("killed")
+        };
+        assert!(stage.run(Policy { resume: false }, nap).is_err());
+        let first = stage.marker().unwrap();
+        assert!(!first.done && first.seconds >= 0.3, "{first:?}");
+        stage
+            .run(Policy { resume: true }, |_, _| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(Value::Null)
+            })
+            .unwrap();
+        let done = stage.marker().unwrap();
+        assert!(done.done && done.seconds >= first.seconds + 0.3, "{done:?}");
+        assert!(done.seconds < 5.0, "{done:?}");
     }
 
     #[test]
