@@ -315,7 +315,10 @@ mod tests {
             })
             .unwrap();
         let done = stage.marker().unwrap();
-        assert!(done.done && done.seconds >= first.seconds + 0.25, "{done:?}");
+        assert!(
+            done.done && done.seconds >= first.seconds + 0.25,
+            "{done:?}"
+        );
         assert!(done.seconds < 5.0, "{done:?}");
     }
 
