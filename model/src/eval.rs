@@ -313,22 +313,24 @@ pub fn compare_windows(
         let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, seq, 1]), device);
         let layout = Layout::causal(b, seq);
         let logits = model.forward(inputs.clone(), &layout);
-        let Some((teacher, a)) = teacher.zip(agreement.as_mut()) else {
-            let v = logits.dims()[2];
-            let nll = row_nll(logits.reshape([b * seq, v]), targets.reshape([b * seq]));
-            nll_sum += sum(nll.reshape([b, seq, 1]));
-            progress((i * batch + b).min(starts.len()));
-            continue;
-        };
-        let logp = log_softmax(logits, 2);
-        nll_sum -= sum(logp.clone().gather(2, targets.clone()));
-        let tlogp = log_softmax(teacher.forward(inputs, &layout), 2);
-        a.teacher_nll_sum -= sum(tlogp.clone().gather(2, targets));
-        let kl = tlogp.clone().exp() * (tlogp.clone() - logp.clone());
-        a.kl_sum += sum(kl.sum_dim(2));
-        let same = tlogp.argmax(2).equal(logp.argmax(2));
-        a.top1_same += same.int().sum().into_scalar::<i64>() as usize;
-        a.tokens += b * seq;
+        match teacher.zip(agreement.as_mut()) {
+            None => {
+                let v = logits.dims()[2];
+                let nll = row_nll(logits.reshape([b * seq, v]), targets.reshape([b * seq]));
+                nll_sum += sum(nll.reshape([b, seq, 1]));
+            }
+            Some((teacher, a)) => {
+                let logp = log_softmax(logits, 2);
+                nll_sum -= sum(logp.clone().gather(2, targets.clone()));
+                let tlogp = log_softmax(teacher.forward(inputs, &layout), 2);
+                a.teacher_nll_sum -= sum(tlogp.clone().gather(2, targets));
+                let kl = tlogp.clone().exp() * (tlogp.clone() - logp.clone());
+                a.kl_sum += sum(kl.sum_dim(2));
+                let same = tlogp.argmax(2).equal(logp.argmax(2));
+                a.top1_same += same.int().sum().into_scalar::<i64>() as usize;
+                a.tokens += b * seq;
+            }
+        }
         progress((i * batch + b).min(starts.len()));
     }
     let score = Score {

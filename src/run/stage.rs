@@ -132,15 +132,16 @@ impl Stage {
         policy: Policy,
         work: impl FnOnce(&Path, bool) -> Result<Value>,
     ) -> Result<Value> {
-        let resume = match self.state() {
-            State::Done => return Ok(self.marker().expect("a marker").summary),
-            State::Interrupted if !policy.resume => bail!(
+        // One read of the marker: what `state` tells, and an interrupted stage's time so far.
+        let sittings = match self.marker().filter(|m| m.key == self.key) {
+            Some(m) if m.done => return Ok(m.summary),
+            Some(_) if !policy.resume => bail!(
                 "stage {} was interrupted: continue it with --resume (or delete {} to start it over)",
                 self.name,
                 self.dir.display()
             ),
-            State::Interrupted => true,
-            State::Fresh => {
+            Some(m) => Some(m.seconds),
+            None => {
                 if self.dir.exists() {
                     tracing::info!(
                         "{}: settings or inputs changed, clearing {}",
@@ -150,13 +151,10 @@ impl Stage {
                     std::fs::remove_dir_all(&self.dir)
                         .with_context(|| format!("cannot clear {}", self.dir.display()))?;
                 }
-                false
+                None
             }
         };
-        let before = match self.marker() {
-            Some(m) if resume && m.key == self.key => m.seconds,
-            _ => 0.0,
-        };
+        let (resume, before) = (sittings.is_some(), sittings.unwrap_or(0.0));
         self.write(&Marker {
             key: self.key.clone(),
             done: false,

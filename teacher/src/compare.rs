@@ -361,21 +361,21 @@ pub fn run(config: &CompareConfig, device: &Device) -> Result<CompareReport, Com
         judge: &judge,
         device,
     };
+    let reference = reference_index.map(|_| reference_dir.as_ref().unwrap_or(&first));
     let mut measured = Vec::with_capacity(config.models.len());
     for (i, spec) in config.models.iter().enumerate() {
         let loaded;
-        let m = match (i, &reference_dir) {
-            (0, _) => &first,
-            (i, Some(r)) if Some(i) == reference_index => r,
+        let m = match reference {
+            _ if i == 0 => &first,
+            Some(r) if reference_index == Some(i) => r,
             _ => {
                 loaded = load_checked(spec)?;
                 &loaded
             }
         };
-        let kl_reference = match reference_index {
-            Some(r) if r != i => Some(reference_dir.as_ref().map_or(&first.model, |d| &d.model)),
-            _ => None,
-        };
+        let kl_reference = reference
+            .filter(|_| reference_index != Some(i))
+            .map(|r| &r.model);
         measured.push(context.measure(m, &spec.name, reward.as_mut(), kl_reference)?);
     }
 
