@@ -246,3 +246,69 @@ fn row_nll_and_its_gradient_match_the_cpu() {
         "loss differs by {d}, gradient by {dg}"
     );
 }
+
+/// RMSNorm through autodiff: WGPU (burn's operations) against the CPU's fused kernel, output
+/// and both gradients.
+#[test]
+fn rms_norm_and_its_gradients_match_the_cpu() {
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)")
+        .autodiff();
+    let cpu = Device::flex().autodiff();
+    let (b, s, n) = (2, 5, 96);
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let (x, g, w) = (rng.vec(b * s * n), rng.vec(b * s * n), rng.vec(n));
+    let run = |d: &Device| {
+        let t = |v: &Vec<f32>| Tensor::<3>::from_data(TensorData::new(v.clone(), [b, s, n]), d);
+        let x = t(&x).require_grad();
+        let w = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), d).require_grad();
+        let y = distill_model::fused::rms_norm(x.clone(), w.clone(), 1e-5);
+        let grads = (y.clone() * t(&g)).sum().backward();
+        let dw: Vec<f32> = w.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        (to_vec(y), to_vec(x.grad(&grads).unwrap()), dw)
+    };
+    let (want, got) = (run(&cpu), run(&gpu));
+    let d = max_diff(&want.0, &got.0);
+    let (dx, dw) = (max_diff(&want.1, &got.1), max_diff(&want.2, &got.2));
+    println!("wgpu vs flex rms_norm: max |Δ| output {d:e}, dx {dx:e}, dweight {dw:e}");
+    assert!(
+        d <= 1e-5 && dx <= 1e-5 && dw <= 1e-5,
+        "output differs by {d}, dx by {dx}, dweight by {dw}"
+    );
+}
+
+/// RoPE through autodiff: WGPU (burn's operations) against the CPU's fused kernel, output and
+/// gradient, on a head-transposed input as attention gives it.
+#[test]
+fn rope_and_its_gradient_match_the_cpu() {
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)")
+        .autodiff();
+    let cpu = Device::flex().autodiff();
+    let (b, h, s, d) = (2, 3, 7, 16);
+    let mut rng = XorShift(0x6a09_e667_f3bc_c908);
+    let (x, g) = (rng.vec(b * h * s * d), rng.vec(b * h * s * d));
+    let angles: Vec<f32> = (0..b * s * d)
+        .map(|i| (i / d % s + i / (s * d)) as f32 / (1 + i % (d / 2)) as f32)
+        .collect();
+    let run = |dev: &Device| {
+        let t =
+            |v: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, shape), dev);
+        let x = t(x.clone(), [b, s, h, d]).require_grad();
+        let cos = t(angles.iter().map(|a| a.cos()).collect(), [b, 1, s, d]);
+        let sin = t(angles.iter().map(|a| a.sin()).collect(), [b, 1, s, d]);
+        let y = distill_model::fused::rope(x.clone().swap_dims(1, 2), cos, sin);
+        let grads = (y.clone() * t(g.clone(), [b, h, s, d])).sum().backward();
+        let v = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        (v(y), v(x.grad(&grads).unwrap()))
+    };
+    let ((want, want_grad), (got, got_grad)) = (run(&cpu), run(&gpu));
+    let (d, dg) = (max_diff(&want, &got), max_diff(&want_grad, &got_grad));
+    println!("wgpu vs flex rope: max |Δ| output {d:e}, gradient {dg:e}");
+    assert!(
+        d <= 1e-5 && dg <= 1e-5,
+        "output differs by {d}, gradient by {dg}"
+    );
+}

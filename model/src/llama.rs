@@ -7,7 +7,7 @@
 
 use crate::capture::InputCapture;
 use crate::config::LlamaConfig;
-use crate::fused::{row_softmax, swiglu};
+use crate::fused::{rms_norm, rope, row_softmax, swiglu};
 use crate::layout::{KvCache, LayerCache, Layout};
 use crate::quantized::PackedWeight;
 use burn::module::{Module, Param, ParamId};
@@ -287,13 +287,7 @@ impl RmsNorm {
 
     /// Normalizes the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        x.div(rms).mul(self.weight.val().unsqueeze())
+        rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -331,11 +325,7 @@ impl Rope {
 
     /// Rotates `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, _, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x.mul(self.cos.clone()) + rotated.mul(self.sin.clone())
+        rope(x, self.cos.clone(), self.sin.clone())
     }
 }
 

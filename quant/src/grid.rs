@@ -43,6 +43,8 @@
 //! ...` and keeps the parameters (built by the format's own rule from the
 //! shrunk range, then stored as the format stores them) whose grid gives the
 //! least `Σ |w - q(w)|^norm` over the group; see [`ScaleSearch`].
+//! [`Grid::params_search_weighted`] is the same search on a weighted error
+//! `Σ c_i |w_i - q(w_i)|^norm` (GPTQ weights each column by its saliency).
 
 use rayon::prelude::*;
 
@@ -78,7 +80,9 @@ pub struct GroupParams {
 ///
 /// Unlike the reference, the search stops early once the error of the
 /// clipped weights alone at the current `p` reaches the best error found:
-/// clipping only grows as the range shrinks, so no smaller `p` can win. (This
+/// clipping only grows as the range shrinks (more weights are clipped, each
+/// further; with [`Grid::params_search_weighted`] each by a factor `c_i >=
+/// 0`, so still non-decreasing), so no smaller `p` can win. (This
 /// is exact when the stored range shrinks monotonically with `p`, as for
 /// int8, int4-sym, `Q8_0` and `Q4_0`; for int4-asym and `Q4_1` the integer
 /// zero point and the `f16` rounding of `m` make it hold up to rounding.) On
@@ -230,6 +234,44 @@ fn pow_fast(x: f32, n: f32) -> f32 {
 /// Interleaved partial sums of [`Grid::params_search`]'s errors.
 const LANES: usize = 8;
 
+/// The factors `c_i` of the search's error `Σ c_i |w_i - q(w_i)|^norm`:
+/// [`Ones`] (the unweighted search, where the product by 1 compiles away)
+/// or one per weight (a slice of the group's length).
+trait Weights: Copy {
+    /// `c_i .. c_{i + LANES}`.
+    fn lanes(self, i: usize) -> [f32; LANES];
+    /// `c_i`.
+    fn at(self, i: usize) -> f32;
+}
+
+/// All factors 1.
+#[derive(Debug, Clone, Copy)]
+struct Ones;
+
+impl Weights for Ones {
+    #[inline(always)]
+    fn lanes(self, _: usize) -> [f32; LANES] {
+        [1.0; LANES]
+    }
+
+    #[inline(always)]
+    fn at(self, _: usize) -> f32 {
+        1.0
+    }
+}
+
+impl Weights for &[f32] {
+    #[inline(always)]
+    fn lanes(self, i: usize) -> [f32; LANES] {
+        self[i..i + LANES].try_into().unwrap()
+    }
+
+    #[inline(always)]
+    fn at(self, i: usize) -> f32 {
+        self[i]
+    }
+}
+
 /// The RTN range of a group that [`Grid::params_search`] shrinks.
 #[derive(Debug, Clone, Copy)]
 enum Range {
@@ -346,55 +388,87 @@ impl Grid {
     ///
     /// Sequential: callers parallelize over rows or groups.
     pub fn params_search(&self, group: &[f32], search: &ScaleSearch) -> GroupParams {
-        self.search(group, search, true)
+        self.search(group, Ones, search, true)
     }
 
-    /// [`params_search`](Self::params_search), optionally without the early
+    /// [`params_search`](Self::params_search) minimizing the weighted error
+    /// `Σ weights_i |w_i - q(w_i)|^norm` over the same candidates, with the
+    /// same stored parameters (all-ones weights: exactly `params_search`).
+    /// A negative or non-finite weight gives [`params`](Self::params).
+    ///
+    /// Panics if `weights` and `group` differ in length.
+    pub fn params_search_weighted(
+        &self,
+        group: &[f32],
+        search: &ScaleSearch,
+        weights: &[f32],
+    ) -> GroupParams {
+        assert_eq!(weights.len(), group.len(), "one weight per value");
+        if !weights.iter().all(|&c| c >= 0.0 && c.is_finite()) {
+            return self.params(group);
+        }
+        self.search(group, weights, search, true)
+    }
+
+    /// The search with error factors `weights`, optionally without the early
     /// stop over shrink factors (`prune = false`: the reference's exhaustive
     /// loop). With AVX2, the same code compiled for it (the same results:
     /// only IEEE operations, in the same order).
-    fn search(&self, group: &[f32], search: &ScaleSearch, prune: bool) -> GroupParams {
+    fn search<W: Weights>(
+        &self,
+        group: &[f32],
+        weights: W,
+        search: &ScaleSearch,
+        prune: bool,
+    ) -> GroupParams {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { self.search_avx2(group, search, prune) };
+            return unsafe { self.search_avx2(group, weights, search, prune) };
         }
-        self.search_fixed(group, search, prune)
+        self.search_fixed(group, weights, search, prune)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn search_avx2(&self, group: &[f32], search: &ScaleSearch, prune: bool) -> GroupParams {
-        self.search_fixed(group, search, prune)
+    fn search_avx2<W: Weights>(
+        &self,
+        group: &[f32],
+        weights: W,
+        search: &ScaleSearch,
+        prune: bool,
+    ) -> GroupParams {
+        self.search_fixed(group, weights, search, prune)
     }
 
     /// [`search_in`](Self::search_in) on a copy of the grid whose format is
     /// a constant in each arm, so the per-weight grid functions inline into
     /// one straight loop per format.
     #[inline(always)]
-    fn search_fixed(&self, group: &[f32], search: &ScaleSearch, prune: bool) -> GroupParams {
+    fn search_fixed<W: Weights>(
+        &self,
+        group: &[f32],
+        weights: W,
+        search: &ScaleSearch,
+        prune: bool,
+    ) -> GroupParams {
         let cols = self.cols;
         let fixed = |format| Grid { format, cols };
+        let args = (group, weights, search, prune);
         match self.format {
             Format::Int(Scheme::Int8PerChannel) => {
-                fixed(Format::Int(Scheme::Int8PerChannel)).search_in(group, search, prune)
+                fixed(Format::Int(Scheme::Int8PerChannel)).search_in(args)
             }
             Format::Int(Scheme::Int4Sym { group_size }) => {
-                fixed(Format::Int(Scheme::Int4Sym { group_size })).search_in(group, search, prune)
+                fixed(Format::Int(Scheme::Int4Sym { group_size })).search_in(args)
             }
             Format::Int(Scheme::Int4Asym { group_size }) => {
-                fixed(Format::Int(Scheme::Int4Asym { group_size })).search_in(group, search, prune)
+                fixed(Format::Int(Scheme::Int4Asym { group_size })).search_in(args)
             }
-            Format::Ggml(GgmlType::Q8_0) => {
-                fixed(Format::Ggml(GgmlType::Q8_0)).search_in(group, search, prune)
-            }
-            Format::Ggml(GgmlType::Q4_0) => {
-                fixed(Format::Ggml(GgmlType::Q4_0)).search_in(group, search, prune)
-            }
-            Format::Ggml(GgmlType::Q4_1) => {
-                fixed(Format::Ggml(GgmlType::Q4_1)).search_in(group, search, prune)
-            }
-            Format::Ggml(_) => self.search_in(group, search, prune),
+            Format::Ggml(GgmlType::Q8_0) => fixed(Format::Ggml(GgmlType::Q8_0)).search_in(args),
+            Format::Ggml(GgmlType::Q4_0) => fixed(Format::Ggml(GgmlType::Q4_0)).search_in(args),
+            Format::Ggml(GgmlType::Q4_1) => fixed(Format::Ggml(GgmlType::Q4_1)).search_in(args),
+            Format::Ggml(_) => self.search_in(args),
         }
     }
 
@@ -402,7 +476,10 @@ impl Grid {
     /// `p` is evaluated in full, and once the clipping part of its error
     /// reaches the best error the search stops (`prune`).
     #[inline(always)]
-    fn search_in(&self, group: &[f32], search: &ScaleSearch, prune: bool) -> GroupParams {
+    fn search_in<W: Weights>(
+        &self,
+        (group, weights, search, prune): (&[f32], W, &ScaleSearch, bool),
+    ) -> GroupParams {
         let rtn = self.params(group);
         let n = search.candidates();
         if n <= 1
@@ -413,28 +490,27 @@ impl Grid {
             return rtn;
         }
         let range = self.range(group);
+        let args = (group, weights, search, prune);
         if search.norm == 2.0 {
-            self.search_norm(group, search, prune, (rtn, range), Squared)
+            self.search_norm(args, (rtn, range), Squared)
         } else {
             let norm = Power::new(search.norm, range);
-            self.search_norm(group, search, prune, (rtn, range), norm)
+            self.search_norm(args, (rtn, range), norm)
         }
     }
 
     /// [`search_in`](Self::search_in) in the norm `N`.
     #[inline(always)]
-    fn search_norm<N: ErrorNorm>(
+    fn search_norm<W: Weights, N: ErrorNorm>(
         &self,
-        group: &[f32],
-        search: &ScaleSearch,
-        prune: bool,
+        (group, weights, search, prune): (&[f32], W, &ScaleSearch, bool),
         (rtn, range): (GroupParams, Range),
         norm: N,
     ) -> GroupParams {
-        let (mut best, mut best_err) = (rtn, self.error(group, &rtn, norm).0);
+        let (mut best, mut best_err) = (rtn, self.error(group, weights, &rtn, norm).0);
         for i in 1..search.candidates() {
             let p = self.params_at(range, search.factor(i));
-            let (err, clip) = self.error(group, &p, norm);
+            let (err, clip) = self.error(group, weights, &p, norm);
             if err < best_err {
                 best_err = err;
                 best = p;
@@ -495,45 +571,56 @@ impl Grid {
         }
     }
 
-    /// `(Σ |w - q(w)|^norm, the part of it from the weights outside the
-    /// grid's range)` over `group` on the grid `p`, summed in [`LANES`]
-    /// interleaved partial sums.
+    /// `(Σ c_i |w_i - q(w_i)|^norm, the part of it from the weights outside
+    /// the grid's range)` over `group` on the grid `p`, with `c` the factors
+    /// `weights`, summed in [`LANES`] interleaved partial sums.
     #[inline(always)]
-    fn error<N: ErrorNorm>(&self, group: &[f32], p: &GroupParams, norm: N) -> (f32, f32) {
+    fn error<W: Weights, N: ErrorNorm>(
+        &self,
+        group: &[f32],
+        weights: W,
+        p: &GroupParams,
+        norm: N,
+    ) -> (f32, f32) {
         let (cl, ch) = self.code_bounds();
         let (a, b) = (self.dequantize(cl, p), self.dequantize(ch, p));
         let (lo, hi) = (a.min(b), a.max(b));
-        let term = |w| self.term(w, p, norm, (lo, hi));
+        let term = |w, c| self.term(w, c, p, norm, (lo, hi));
         let mut total = [0f32; LANES];
         let mut clip = [0f32; LANES];
-        let chunks = group.chunks_exact(LANES);
+        let mut chunks = group.chunks_exact(LANES);
         let rest = chunks.remainder();
-        for c in chunks {
+        let tail = group.len() - rest.len();
+        // The index of each chunk from the chunks left, which is not
+        // computed at all when unweighted.
+        while let Some(v) = chunks.next() {
+            let c = weights.lanes(tail - LANES * (chunks.len() + 1));
             for k in 0..LANES {
-                let (e, x) = term(c[k]);
+                let (e, x) = term(v[k], c[k]);
                 total[k] += e;
                 clip[k] += x;
             }
         }
         let (mut total, mut clip) = (total.iter().sum::<f32>(), clip.iter().sum::<f32>());
-        for &w in rest {
-            let (e, x) = term(w);
+        for (j, &w) in rest.iter().enumerate() {
+            let (e, x) = term(w, weights.at(tail + j));
             total += e;
             clip += x;
         }
         (total, clip)
     }
 
-    /// `|w - q(w)|^norm`, and that again if `w` is outside `lo..=hi`.
+    /// `c |w - q(w)|^norm`, and that again if `w` is outside `lo..=hi`.
     #[inline(always)]
     fn term<N: ErrorNorm>(
         &self,
         w: f32,
+        c: f32,
         p: &GroupParams,
         norm: N,
         (lo, hi): (f32, f32),
     ) -> (f32, f32) {
-        let e = norm.of((w - self.fake_quantize_fast(w, p)).abs());
+        let e = c * norm.of((w - self.fake_quantize_fast(w, p)).abs());
         (e, if w < lo || w > hi { e } else { 0.0 })
     }
 
@@ -906,6 +993,164 @@ mod tests {
             .sum()
     }
 
+    /// `Σ c_i |w_i - q(w_i)|^norm` of a group on the grid `p`, in `f64`.
+    fn weighted_error(grid: &Grid, g: &[f32], c: &[f32], p: &GroupParams, norm: f64) -> f64 {
+        g.iter()
+            .zip(c)
+            .map(|(&w, &c)| c as f64 * ((w - grid.fake_quantize(w, p)) as f64).abs().powf(norm))
+            .sum()
+    }
+
+    /// Log-uniform factors in `[1e-2, 1e2]`, a few of them 0.
+    fn saliency(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|i| {
+                let c = 10f32.powf(rng.random_range(-2.0..2.0));
+                if i % 53 == 7 { 0.0 } else { c }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unit_weights_are_the_unweighted_search() {
+        let cols = 256;
+        for f in all_formats() {
+            let grid = Grid::new(f, cols).unwrap();
+            for (seed, norm) in [(0, 2.4), (1, 2.0), (2, 3.0), (3, 2.4)] {
+                let search = ScaleSearch {
+                    norm,
+                    ..ScaleSearch::default()
+                };
+                let w = if seed % 2 == 0 {
+                    weights(seed, 8 * cols)
+                } else {
+                    student_t(seed, 8 * cols)
+                };
+                for g in w.chunks(grid.group_size()) {
+                    let want = grid.params_search(g, &search);
+                    // A power of two scales every error exactly.
+                    for c in [1.0, 4.0] {
+                        let c = vec![c; g.len()];
+                        assert_eq!(grid.params_search_weighted(g, &search, &c), want, "{f}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_search_is_never_worse_than_min_max() {
+        let cols = 256;
+        for f in all_formats() {
+            let grid = Grid::new(f, cols).unwrap();
+            for norm in [2.0f32, 2.4] {
+                let search = ScaleSearch {
+                    norm,
+                    ..ScaleSearch::default()
+                };
+                let (mut total_plain, mut total_weighted) = (0.0, 0.0);
+                for seed in 0..6 {
+                    let w = if seed % 2 == 0 {
+                        weights(seed, 8 * cols)
+                    } else {
+                        student_t(seed, 8 * cols)
+                    };
+                    let c = saliency(seed + 100, w.len());
+                    let g = grid.group_size();
+                    for (grp, c) in w.chunks(g).zip(c.chunks(g)) {
+                        let pw = grid.params_search_weighted(grp, &search, c);
+                        let err = |p: GroupParams| weighted_error(&grid, grp, c, &p, norm as f64);
+                        let (e0, ew) = (err(grid.params(grp)), err(pw));
+                        // Up to the `f32` sums (and `pow_fast` for 2.4).
+                        assert!(ew <= e0 * (1.0 + 1e-5), "{f} norm {norm}: {ew} > {e0}");
+                        total_plain += err(grid.params_search(grp, &search));
+                        total_weighted += ew;
+                    }
+                }
+                // The same candidates: the unweighted choice is one of them.
+                assert!(
+                    total_weighted <= total_plain * (1.0 + 1e-5),
+                    "{f} norm {norm}: weighted {total_weighted} unweighted {total_plain}"
+                );
+            }
+        }
+    }
+
+    /// The early stop holds for weighted errors too (factors `>= 0`).
+    #[test]
+    fn weighted_early_stop_matches_the_exhaustive_search() {
+        let cols = 256;
+        for f in all_formats() {
+            let grid = Grid::new(f, cols).unwrap();
+            let (mut groups, mut differ) = (0, 0);
+            for seed in 0..8 {
+                let w = if seed % 2 == 0 {
+                    weights(seed, 16 * cols)
+                } else {
+                    student_t(seed, 16 * cols)
+                };
+                let c = saliency(seed + 200, w.len());
+                let search = ScaleSearch {
+                    norm: [2.0, 2.4][seed as usize / 4],
+                    ..ScaleSearch::default()
+                };
+                let g = grid.group_size();
+                for (grp, c) in w.chunks(g).zip(c.chunks(g)) {
+                    let fast = grid.search(grp, c, &search, true);
+                    assert_eq!(fast, grid.params_search_weighted(grp, &search, c));
+                    assert_eq!(fast, grid.search_fixed(grp, c, &search, true), "{f}");
+                    let full = grid.search(grp, c, &search, false);
+                    groups += 1;
+                    if fast != full {
+                        differ += 1;
+                        let n = search.norm as f64;
+                        let (a, b) = (
+                            weighted_error(&grid, grp, c, &fast, n),
+                            weighted_error(&grid, grp, c, &full, n),
+                        );
+                        assert!(a <= b * 1.001, "{f}: {a} vs exhaustive {b}");
+                    }
+                }
+            }
+            let exact = !matches!(
+                f,
+                Format::Int(Scheme::Int4Asym { .. }) | Format::Ggml(GgmlType::Q4_1)
+            );
+            let allowed = if exact { 0 } else { groups / 100 };
+            assert!(differ <= allowed, "{f}: {differ} of {groups} groups differ");
+        }
+    }
+
+    #[test]
+    fn bad_or_zero_weights_give_min_max() {
+        let cols = 128;
+        let w = student_t(6, cols);
+        let d = ScaleSearch::default();
+        for f in all_formats() {
+            let grid = Grid::new(f, cols).unwrap();
+            let g = &w[..grid.group_size()];
+            let want = grid.params(g);
+            let mut c = vec![1.0; g.len()];
+            // All factors 0: every candidate ties, the first (`p = 1`) wins.
+            assert_eq!(
+                grid.params_search_weighted(g, &d, &vec![0.0; g.len()]),
+                want
+            );
+            for bad in [-1.0, f32::NAN, f32::INFINITY] {
+                c[3] = bad;
+                assert_eq!(grid.params_search_weighted(g, &d, &c), want, "{f} {bad}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "one weight per value")]
+    fn weights_of_another_length_panic() {
+        let grid = Grid::new("q4_0".parse().unwrap(), 32).unwrap();
+        grid.params_search_weighted(&[0.5; 32], &ScaleSearch::default(), &[1.0]);
+    }
+
     #[test]
     fn pow_fast_is_close_to_powf() {
         assert_eq!(pow_fast(0.0, 2.4), 0.0);
@@ -1031,8 +1276,8 @@ mod tests {
                     ..ScaleSearch::default()
                 };
                 for g in w.chunks(grid.group_size()) {
-                    let fast = grid.search(g, &search, true);
-                    let full = grid.search(g, &search, false);
+                    let fast = grid.search(g, Ones, &search, true);
+                    let full = grid.search(g, Ones, &search, false);
                     groups += 1;
                     if fast != full {
                         differ += 1;
@@ -1075,7 +1320,7 @@ mod tests {
                 };
                 for g in w.chunks(grid.group_size()) {
                     assert_eq!(
-                        grid.search_fixed(g, &search, true),
+                        grid.search_fixed(g, Ones, &search, true),
                         grid.params_search(g, &search),
                         "{f}"
                     );

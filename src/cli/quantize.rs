@@ -65,6 +65,17 @@ pub struct QuantizeSettings {
     /// reference's `mse=True`) instead of taking the group's min and max. Default false.
     #[arg(long)]
     pub scale_search: bool,
+    /// GPTQ: like --scale-search, but each column's error weighted by GPTQ's saliency
+    /// 1/[H⁻¹]ᵤᵤ (implies --scale-search). Default false.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub weighted_scale_search: bool,
+    /// GPTQ/AWQ: within each decoder layer, quantize q/k/v, then o, then gate/up, then down,
+    /// each on statistics taken after the ones before it are quantized (the reference's
+    /// `--true-sequential`). Default false.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub true_sequential: bool,
 }
 
 impl Default for QuantizeSettings {
@@ -80,6 +91,8 @@ impl Default for QuantizeSettings {
             damp: 0.01,
             act_order: false,
             scale_search: false,
+            weighted_scale_search: false,
+            true_sequential: false,
         }
     }
 }
@@ -118,7 +131,10 @@ pub fn quantize(
     let mut config = QuantizeConfig::new(format, method);
     config.gptq.damp = settings.damp;
     config.gptq.act_order = settings.act_order;
-    config.gptq.scale_search = settings.scale_search.then(ScaleSearch::default);
+    config.gptq.scale_search =
+        (settings.scale_search || settings.weighted_scale_search).then(ScaleSearch::default);
+    config.gptq.weighted_search = settings.weighted_scale_search;
+    config.true_sequential = settings.true_sequential;
     let start = Instant::now();
     let mut m = super::load_model(model, device)?;
     let mut header = config.describe();

@@ -87,6 +87,8 @@ pub type Statistics = BTreeMap<String, Hessian>;
 struct HessianCapture {
     stats: Statistics,
     include_head: bool,
+    /// Only this input key, when set.
+    only: Option<String>,
     error: Option<CalibrationError>,
 }
 
@@ -96,8 +98,8 @@ impl InputCapture for HessianCapture {
             return;
         }
         let key = input_key(layer);
-        if key != layer {
-            return; // the same tensor was captured under its key's layer
+        if key != layer || self.only.as_ref().is_some_and(|k| *k != key) {
+            return; // the same tensor was captured under its key's layer, or is not wanted
         }
         let [b, s, cols] = input.dims();
         let result = input
@@ -134,6 +136,7 @@ pub fn collect(
     let mut capture = HessianCapture {
         stats: Statistics::new(),
         include_head,
+        only: None,
         error: None,
     };
     for (i, w) in windows.iter().enumerate() {
@@ -180,15 +183,18 @@ impl LayerByLayer {
         }
     }
 
-    /// The input statistics of decoder layer `i`'s linear layers.
+    /// The input statistics of decoder layer `i`'s linear layers; with `only`, of that
+    /// [`input_key`] alone.
     pub fn statistics(
         &self,
         model: &LlamaForCausalLM,
         i: usize,
+        only: Option<&str>,
     ) -> Result<Statistics, CalibrationError> {
         let mut capture = HessianCapture {
             stats: Statistics::new(),
             include_head: false,
+            only: only.map(str::to_string),
             error: None,
         };
         for x in &self.hidden {
@@ -216,6 +222,7 @@ impl LayerByLayer {
         let mut capture = HessianCapture {
             stats: Statistics::new(),
             include_head: true,
+            only: None,
             error: None,
         };
         for x in &self.hidden {
@@ -282,7 +289,7 @@ mod tests {
         // Layer by layer on the unchanged model gives the same statistics.
         let mut by_layer = LayerByLayer::new(&model, &w, &device);
         for i in 0..2 {
-            let layer = by_layer.statistics(&model, i).unwrap();
+            let layer = by_layer.statistics(&model, i, None).unwrap();
             assert_eq!(layer.len(), 4);
             for (k, h) in &layer {
                 let (a, b) = (h.matrix(), stats[k].matrix());

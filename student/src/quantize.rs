@@ -82,6 +82,11 @@ pub struct QuantizeConfig {
     pub awq: AwqConfig,
     /// Also quantize an untied `lm_head` (default false).
     pub include_head: bool,
+    /// Within each decoder layer, quantize the layers that share an input in order (q/k/v,
+    /// o, gate/up, down), taking each one's statistics after the ones before it are
+    /// quantized: the GPTQ reference's `--true-sequential` (default false: one set of
+    /// statistics per decoder layer).
+    pub true_sequential: bool,
 }
 
 impl QuantizeConfig {
@@ -93,6 +98,7 @@ impl QuantizeConfig {
             gptq: GptqConfig::default(),
             awq: AwqConfig::default(),
             include_head: false,
+            true_sequential: false,
         }
     }
 
@@ -106,10 +112,14 @@ impl QuantizeConfig {
                 "scale_search": self.gptq.scale_search.map(|s| json!({
                     "norm": s.norm, "grid": s.grid, "max_shrink": s.max_shrink,
                 })),
+                "weighted_search": self.gptq.weighted_search,
             });
         }
         if self.method.awq() {
             v["awq"] = json!({"grid": self.awq.grid});
+        }
+        if self.true_sequential {
+            v["true_sequential"] = json!(true);
         }
         v
     }
@@ -246,11 +256,11 @@ pub fn quantize_model(
     }
     let names = layers_to_quantize(model, config)?;
     let mut report = QuantizeReport::default();
+    let alphas = awq_layers(model, config, &names, stats.as_mut(), device)?;
     quantize_layers(
         model,
         config,
-        &names,
-        stats.as_mut(),
+        (&names, stats.as_ref(), &alphas),
         device,
         &mut on_layer,
         &mut report,
@@ -270,12 +280,12 @@ pub fn quantize_model_sequential(
 ) -> Result<QuantizeReport, QuantizeError> {
     let names = layers_to_quantize(model, config)?;
     let mut report = QuantizeReport::default();
+    let no_alphas = Alphas::new();
     if !config.method.needs_calibration() {
         quantize_layers(
             model,
             config,
-            &names,
-            None,
+            (&names, None, &no_alphas),
             device,
             &mut on_layer,
             &mut report,
@@ -297,26 +307,30 @@ pub fn quantize_model_sequential(
             .filter(|n| n.starts_with(&prefix))
             .cloned()
             .collect();
-        let mut stats = by_layer.statistics(model, i).map_err(calib_err)?;
-        quantize_layers(
-            model,
-            config,
-            &block,
-            Some(&mut stats),
-            device,
-            &mut on_layer,
-            &mut report,
-        )?;
+        let mut stats = by_layer.statistics(model, i, None).map_err(calib_err)?;
+        let alphas = awq_layers(model, config, &block, Some(&mut stats), device)?;
+        if config.true_sequential {
+            for group in block.chunk_by(|a, b| input_key(a) == input_key(b)) {
+                let key = input_key(&group[0]);
+                let stats = by_layer
+                    .statistics(model, i, Some(&key))
+                    .map_err(calib_err)?;
+                let layers = (group, Some(&stats), &alphas);
+                quantize_layers(model, config, layers, device, &mut on_layer, &mut report)?;
+            }
+        } else {
+            let layers = (block.as_slice(), Some(&stats), &alphas);
+            quantize_layers(model, config, layers, device, &mut on_layer, &mut report)?;
+        }
         by_layer.advance(model, i);
     }
     if names.iter().any(|n| n == "lm_head") {
-        let mut stats = by_layer.head_statistics(model).map_err(calib_err)?;
+        let stats = by_layer.head_statistics(model).map_err(calib_err)?;
         let head = ["lm_head".to_string()];
         quantize_layers(
             model,
             config,
-            &head,
-            Some(&mut stats),
+            (&head, Some(&stats), &no_alphas),
             device,
             &mut on_layer,
             &mut report,
@@ -344,22 +358,22 @@ fn layers_to_quantize(
     Ok(names)
 }
 
-/// AWQ (when the method has it) for every shared input of `names` found in `stats`, then
-/// RTN or GPTQ for each of `names`.
-fn quantize_layers(
+/// AWQ's exponent per shared input key.
+type Alphas = std::collections::BTreeMap<String, f32>;
+
+/// AWQ, when the method has it, for every shared input of `names` found in `stats`: scales
+/// the layers' columns, folds `1/s` into the feeding op and into `stats`; returns each
+/// input's exponent.
+fn awq_layers(
     model: &mut LlamaForCausalLM,
     config: &QuantizeConfig,
     names: &[String],
-    mut stats: Option<&mut Statistics>,
+    stats: Option<&mut Statistics>,
     device: &Device,
-    on_layer: &mut impl FnMut(&str),
-    report: &mut QuantizeReport,
-) -> Result<(), QuantizeError> {
-    let mut alphas = std::collections::BTreeMap::new();
+) -> Result<Alphas, QuantizeError> {
+    let mut alphas = Alphas::new();
     if config.method.awq() {
-        let stats = stats
-            .as_deref_mut()
-            .ok_or(QuantizeError::NoStatistics(config.method))?;
+        let stats = stats.ok_or(QuantizeError::NoStatistics(config.method))?;
         let keys: Vec<String> = stats.keys().cloned().collect();
         for key in keys {
             let Some(f) = feeder(model, &key) else {
@@ -413,12 +427,25 @@ fn quantize_layers(
             alphas.insert(key, found.alpha);
         }
     }
+    Ok(alphas)
+}
+
+/// RTN or GPTQ for each of `names`, with the input statistics `stats` (GPTQ's Hessians) and
+/// the AWQ exponents to report.
+fn quantize_layers(
+    model: &mut LlamaForCausalLM,
+    config: &QuantizeConfig,
+    (names, stats, alphas): (&[String], Option<&Statistics>, &Alphas),
+    device: &Device,
+    on_layer: &mut impl FnMut(&str),
+    report: &mut QuantizeReport,
+) -> Result<(), QuantizeError> {
     for name in names {
         let lin = model.linear_mut(name).expect("listed layer");
         let [rows, cols] = lin.dims();
         let w = lin.weight_values();
         let key = input_key(name);
-        let h = stats.as_deref().and_then(|s| s.get(&key));
+        let h = stats.and_then(|s| s.get(&key));
         let packed: PackedMatrix = if config.method.gptq() {
             let h = h.ok_or_else(|| layer_err(name, "no calibration statistics"))?;
             gptq_quantize(&w, rows, cols, h, config.format, &config.gptq)
@@ -517,19 +544,44 @@ mod tests {
         let gptq = errors[1].1;
         assert!(gptq < rtn, "GPTQ {gptq} vs RTN {rtn}");
         for method in [Method::Gptq, Method::AwqGptq] {
-            let mut m = config.init(&device, 3);
-            let config = QuantizeConfig::new(format, method);
-            let report = quantize_model_sequential(&mut m, &config, &w, &device, |_| {}).unwrap();
-            assert_eq!(report.layers.len(), 2 * 7);
-            let got = logits(&m, &w[0], &device);
-            let err = got
-                .iter()
-                .zip(&reference)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                / got.len() as f32;
-            eprintln!("{method} layer by layer: logit mse {err:.4e}");
-            assert!(err < rtn, "{method} layer by layer {err} vs RTN {rtn}");
+            let mut packed = Vec::new();
+            for true_sequential in [false, true] {
+                let mut m = config.init(&device, 3);
+                let mut config = QuantizeConfig::new(format, method);
+                config.true_sequential = true_sequential;
+                let report =
+                    quantize_model_sequential(&mut m, &config, &w, &device, |_| {}).unwrap();
+                assert_eq!(report.layers.len(), 2 * 7);
+                let got = logits(&m, &w[0], &device);
+                let err = got
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    / got.len() as f32;
+                eprintln!("{method} layer by layer (true sequential {true_sequential}): {err:.4e}");
+                assert!(err < rtn, "{method} layer by layer {err} vs RTN {rtn}");
+                let weights: Vec<(String, Vec<f32>)> = m
+                    .packed_weights()
+                    .into_iter()
+                    .map(|(n, p)| (n, p.dequantize()))
+                    .collect();
+                packed.push(weights);
+            }
+            if method == Method::Gptq {
+                // q/k/v see the same statistics either way; o_proj, taken after them, does not.
+                let layer = |i: usize, name: &str| {
+                    let name = format!("model.layers.0.self_attn.{name}.weight");
+                    packed[i]
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .unwrap()
+                        .1
+                        .clone()
+                };
+                assert!(layer(0, "q_proj") == layer(1, "q_proj"));
+                assert!(layer(0, "o_proj") != layer(1, "o_proj"));
+            }
         }
         assert!(
             quantize_model(

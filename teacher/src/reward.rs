@@ -356,6 +356,7 @@ impl AccuracyReport {
             .collect();
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
+        tracing::info!("scoring the {} answers of {data}", seqs.len());
         let bar = if quiet {
             ProgressBar::hidden()
         } else {

@@ -161,6 +161,105 @@ multiversion! {
     }
 }
 
+#[inline(always)]
+fn sum_squares(x: &[f32]) -> f32 {
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut s = [0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            s[i] += c[i] * c[i];
+        }
+    }
+    s.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
+}
+
+/// `Σ a ⊙ b ⊙ c`.
+#[inline(always)]
+fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let n = a.len() / LANES * LANES;
+    let mut s = [0f32; LANES];
+    for ((a, b), c) in a[..n]
+        .chunks_exact(LANES)
+        .zip(b[..n].chunks_exact(LANES))
+        .zip(c[..n].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            s[i] += a[i] * b[i] * c[i];
+        }
+    }
+    let tail = a[n..].iter().zip(&b[n..]).zip(&c[n..]);
+    s.iter().sum::<f32>() + tail.map(|((a, b), c)| a * b * c).sum::<f32>()
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+#[inline(always)]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_squares(x) / x.len() as f32 + eps).sqrt()
+}
+
+multiversion! {
+    /// `x ← x · r ⊙ w` for each row of `x` (rows of `w.len()`), `r = 1 / sqrt(mean(x²) + eps)`.
+    pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+        for row in x.chunks_exact_mut(w.len()) {
+            let r = inv_rms(row, eps);
+            for (v, &w) in row.iter_mut().zip(w) {
+                *v = *v * r * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// RMSNorm's backward for rows of `x` and their output gradients `g`: `g ← r·g⊙w −
+    /// x·(r³/n)·Σ g⊙w⊙x`, and each row's `g ⊙ x·r` added to `dw`.
+    pub fn rms_norm_backward(x: &[f32], w: &[f32], g: &mut [f32], dw: &mut [f32], eps: f32) {
+        let n = w.len();
+        for (x, g) in x.chunks_exact(n).zip(g.chunks_exact_mut(n)) {
+            let r = inv_rms(x, eps);
+            let c = r * r * r / n as f32 * dot3(g, w, x);
+            for (((g, &x), &w), dw) in g.iter_mut().zip(x).zip(w).zip(dw.iter_mut()) {
+                *dw += *g * x * r;
+                *g = r * *g * w - x * c;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x ← x ⊙ cos + rotate_half(x) ⊙ sin` for each row of `d` values, `rotate_half([x₁, x₂]) =
+    /// [−x₂, x₁]`, with the rows of `cos` and `sin` beside those of `x`.
+    pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], d: usize) {
+        let h = d / 2;
+        for ((x, c), s) in x.chunks_exact_mut(d).zip(cos.chunks_exact(d)).zip(sin.chunks_exact(d)) {
+            let (x1, x2) = x.split_at_mut(h);
+            let ((c1, c2), (s1, s2)) = (c.split_at(h), s.split_at(h));
+            for (((((a, b), &c1), &c2), &s1), &s2) in
+                x1.iter_mut().zip(x2).zip(c1).zip(c2).zip(s1).zip(s2)
+            {
+                (*a, *b) = (*a * c1 - *b * s1, *b * c2 + *a * s2);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `g ← g ⊙ cos + rotate_half⊤(g ⊙ sin)`, `rotate_half⊤([u₁, u₂]) = [u₂, −u₁]`: [`rope`]'s
+    /// backward for the output gradient `g`.
+    pub fn rope_backward(g: &mut [f32], cos: &[f32], sin: &[f32], d: usize) {
+        let h = d / 2;
+        for ((g, c), s) in g.chunks_exact_mut(d).zip(cos.chunks_exact(d)).zip(sin.chunks_exact(d)) {
+            let (g1, g2) = g.split_at_mut(h);
+            let ((c1, c2), (s1, s2)) = (c.split_at(h), s.split_at(h));
+            for (((((a, b), &c1), &c2), &s1), &s2) in
+                g1.iter_mut().zip(g2).zip(c1).zip(c2).zip(s1).zip(s2)
+            {
+                (*a, *b) = (*a * c1 + *b * s2, *b * c2 - *a * s1);
+            }
+        }
+    }
+}
+
 /// `eˣ`, branch-free so it vectorizes: Cephes' `expf` (range reduction by ln 2 in two parts, a
 /// degree-5 polynomial, the exponent set by bit arithmetic), within 2 ulp of `f32::exp` on
 /// `[-87, 88]`; 0 below `-87.3`, NaN for NaN.

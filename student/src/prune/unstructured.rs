@@ -295,7 +295,7 @@ pub fn prune_unstructured(
     let mut report = SparsityReport::default();
     for i in 0..model.model.layers.len() {
         let stats = match &by_layer {
-            Some(b) => Some(b.statistics(model, i)?),
+            Some(b) => Some(b.statistics(model, i, None)?),
             None => None,
         };
         let prefix = format!("model.layers.{i}.");
