@@ -110,7 +110,7 @@ fn rankings(path: &Path, n: usize, seed: u64) {
             let mut ranking: Vec<usize> = (0..4).collect();
             ranking.sort_by_key(|&j| std::cmp::Reverse(counts[j]));
             Ranking {
-                id: Some(format!("synthetic-{i}")),
+                id: Some(format!("synthetic-{i}#q{}", i % 2)),
                 prompt: PROMPTS[i % PROMPTS.len()].into(),
                 responses,
                 ranking,
@@ -271,6 +271,11 @@ fn the_reward_model_learns_a_synthetic_ranking() {
     assert_eq!(types, ["few>few", "many>few", "many>many"]);
     let per_type: usize = report.by_pair_type.values().map(|a| a.pairs).sum();
     assert_eq!(per_type, report.overall.pairs);
+    // Split again by the question kind after the id's `#`: every pair once, both kinds there.
+    let per_question: usize = report.by_question.values().map(|a| a.pairs).sum();
+    assert_eq!(per_question, report.overall.pairs);
+    assert!(report.by_question.contains_key("q0: many>few"));
+    assert!(report.by_question.keys().any(|k| k.starts_with("q1: ")));
 
     // The saved model is an HF sequence classifier that scores the held-out set the same way.
     let json: Value =

@@ -221,6 +221,8 @@ struct EncodedRanking {
     responses: Vec<ChatTokens>,
     pairs: Vec<(usize, usize)>,
     kinds: Option<Vec<String>>,
+    /// The question kind: the ranking's `id` after its last `#` (`man2/close.2#errors`).
+    question: Option<String>,
 }
 
 fn encode_rankings(
@@ -248,6 +250,11 @@ fn encode_rankings(
                 responses,
                 pairs: r.pairs(),
                 kinds: r.kinds.clone(),
+                question: r
+                    .id
+                    .as_deref()
+                    .and_then(|id| id.rsplit_once('#'))
+                    .map(|(_, q)| q.to_string()),
             })
         })
         .collect()
@@ -333,6 +340,11 @@ pub struct AccuracyReport {
     /// Per pair type `better_kind>worse_kind` (e.g. `right>same_page`), for rankings that
     /// name their answers' `kinds`.
     pub by_pair_type: BTreeMap<String, PairAccuracy>,
+    /// Per question kind and pair type, `question: better>worse` (e.g.
+    /// `errors: right>same_page`), for rankings whose `id` ends in `#question` and that name
+    /// their answers' `kinds`.
+    #[serde(default)]
+    pub by_question: BTreeMap<String, PairAccuracy>,
     /// Mean reward over every answer: the offset PPO may subtract.
     pub reward_mean: f64,
     /// Standard deviation of the rewards.
@@ -385,6 +397,7 @@ impl AccuracyReport {
             rankings: rankings.len(),
             overall: PairAccuracy::default(),
             by_pair_type: BTreeMap::new(),
+            by_question: BTreeMap::new(),
             reward_mean: 0.0,
             reward_std: 0.0,
         };
@@ -397,6 +410,10 @@ impl AccuracyReport {
                 report.overall.add(right);
                 if let Some(kinds) = &r.kinds {
                     let key = format!("{}>{}", kinds[b], kinds[w]);
+                    if let Some(q) = &r.question {
+                        let by = report.by_question.entry(format!("{q}: {key}"));
+                        by.or_default().add(right);
+                    }
                     report.by_pair_type.entry(key).or_default().add(right);
                 }
             }
