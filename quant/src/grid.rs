@@ -1077,51 +1077,6 @@ mod tests {
         }
     }
 
-    /// The early stop holds for weighted errors too (factors `>= 0`).
-    #[test]
-    fn weighted_early_stop_matches_the_exhaustive_search() {
-        let cols = 256;
-        for f in all_formats() {
-            let grid = Grid::new(f, cols).unwrap();
-            let (mut groups, mut differ) = (0, 0);
-            for seed in 0..8 {
-                let w = if seed % 2 == 0 {
-                    weights(seed, 16 * cols)
-                } else {
-                    student_t(seed, 16 * cols)
-                };
-                let c = saliency(seed + 200, w.len());
-                let search = ScaleSearch {
-                    norm: [2.0, 2.4][seed as usize / 4],
-                    ..ScaleSearch::default()
-                };
-                let g = grid.group_size();
-                for (grp, c) in w.chunks(g).zip(c.chunks(g)) {
-                    let fast = grid.search(grp, c, &search, true);
-                    assert_eq!(fast, grid.params_search_weighted(grp, &search, c));
-                    assert_eq!(fast, grid.search_fixed(grp, c, &search, true), "{f}");
-                    let full = grid.search(grp, c, &search, false);
-                    groups += 1;
-                    if fast != full {
-                        differ += 1;
-                        let n = search.norm as f64;
-                        let (a, b) = (
-                            weighted_error(&grid, grp, c, &fast, n),
-                            weighted_error(&grid, grp, c, &full, n),
-                        );
-                        assert!(a <= b * 1.001, "{f}: {a} vs exhaustive {b}");
-                    }
-                }
-            }
-            let exact = !matches!(
-                f,
-                Format::Int(Scheme::Int4Asym { .. }) | Format::Ggml(GgmlType::Q4_1)
-            );
-            let allowed = if exact { 0 } else { groups / 100 };
-            assert!(differ <= allowed, "{f}: {differ} of {groups} groups differ");
-        }
-    }
-
     #[test]
     fn bad_or_zero_weights_give_min_max() {
         let cols = 128;
@@ -1259,34 +1214,52 @@ mod tests {
         }
     }
 
+    /// The early stop against the exhaustive loop, unweighted and with
+    /// factors `>= 0` (for which the clipped part still only grows).
     #[test]
     fn early_stop_matches_the_exhaustive_search() {
         let cols = 256;
         for f in all_formats() {
             let grid = Grid::new(f, cols).unwrap();
-            let (mut groups, mut differ) = (0, 0);
+            // (groups, groups that differ): unweighted, then weighted.
+            let mut counts = [(0, 0); 2];
             for seed in 0..8 {
                 let w = if seed % 2 == 0 {
                     weights(seed, 16 * cols)
                 } else {
                     student_t(seed, 16 * cols)
                 };
+                let (c, ones) = (saliency(seed + 200, w.len()), vec![1f32; w.len()]);
                 let search = ScaleSearch {
                     norm: [2.0, 2.4][seed as usize / 4],
                     ..ScaleSearch::default()
                 };
-                for g in w.chunks(grid.group_size()) {
-                    let fast = grid.search(g, Ones, &search, true);
-                    let full = grid.search(g, Ones, &search, false);
-                    groups += 1;
-                    if fast != full {
-                        differ += 1;
-                        let n = search.norm as f64;
-                        let (a, b) = (
-                            group_error(&grid, g, &fast, n),
-                            group_error(&grid, g, &full, n),
-                        );
-                        assert!(a <= b * 1.001, "{f}: {a} vs exhaustive {b}");
+                let g = grid.group_size();
+                for ((grp, c), one) in w.chunks(g).zip(c.chunks(g)).zip(ones.chunks(g)) {
+                    let weighted = grid.search(grp, c, &search, true);
+                    assert_eq!(weighted, grid.params_search_weighted(grp, &search, c));
+                    assert_eq!(weighted, grid.search_fixed(grp, c, &search, true), "{f}");
+                    let runs = [
+                        (
+                            one,
+                            grid.search(grp, Ones, &search, true),
+                            grid.search(grp, Ones, &search, false),
+                        ),
+                        (c, weighted, grid.search(grp, c, &search, false)),
+                    ];
+                    for ((factors, fast, full), (groups, differ)) in
+                        runs.into_iter().zip(&mut counts)
+                    {
+                        *groups += 1;
+                        if fast != full {
+                            *differ += 1;
+                            let n = search.norm as f64;
+                            let (a, b) = (
+                                weighted_error(&grid, grp, factors, &fast, n),
+                                weighted_error(&grid, grp, factors, &full, n),
+                            );
+                            assert!(a <= b * 1.001, "{f}: {a} vs exhaustive {b}");
+                        }
                     }
                 }
             }
@@ -1296,13 +1269,13 @@ mod tests {
                 f,
                 Format::Int(Scheme::Int4Asym { .. }) | Format::Ggml(GgmlType::Q4_1)
             );
-            let allowed = if exact { 0 } else { groups / 100 };
-            assert!(differ <= allowed, "{f}: {differ} of {groups} groups differ");
+            for (groups, differ) in counts {
+                let allowed = if exact { 0 } else { groups / 100 };
+                assert!(differ <= allowed, "{f}: {differ} of {groups} groups differ");
+            }
         }
     }
 
-    /// The portable build of the search (what a CPU without AVX2 runs)
-    /// chooses exactly what [`Grid::params_search`] chooses here.
     #[test]
     fn portable_search_is_the_same() {
         let cols = 256;

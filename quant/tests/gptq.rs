@@ -353,15 +353,21 @@ fn scale_search_report() {
     }
 }
 
+/// `H = 2XᵀX/N ∝ I`: the statistics of `X = 3I` over `COLS` rows.
+fn identity_hessian() -> Hessian {
+    let mut eye = vec![0f32; COLS * COLS];
+    eye.iter_mut().step_by(COLS + 1).for_each(|v| *v = 3.0);
+    let mut h = Hessian::new(COLS);
+    h.add(&eye, COLS).unwrap();
+    h
+}
+
 /// With `H ∝ I` nothing is propagated: GPTQ is RTN on the grid (for the
 /// integer formats, `PackedMatrix::quantize_rtn` itself).
 #[test]
 fn identity_hessian_gives_rtn() {
     let l = layer(1);
-    let mut eye = vec![0f32; COLS * COLS];
-    eye.iter_mut().step_by(COLS + 1).for_each(|v| *v = 3.0);
-    let mut h = Hessian::new(COLS);
-    h.add(&eye, COLS).unwrap();
+    let h = identity_hessian();
     for name in FORMATS {
         let f: Format = name.parse().unwrap();
         for act_order in [false, true] {
@@ -494,10 +500,7 @@ fn weighted_search_beats_the_unweighted_search() {
 #[test]
 fn weighted_search_reduces_to_the_plain_rules() {
     let l = layer(4);
-    let mut eye = vec![0f32; COLS * COLS];
-    eye.iter_mut().step_by(COLS + 1).for_each(|v| *v = 3.0);
-    let mut h = Hessian::new(COLS);
-    h.add(&eye, COLS).unwrap();
+    let h = identity_hessian();
     for name in FORMATS {
         let f: Format = name.parse().unwrap();
         for act_order in [false, true] {
