@@ -809,4 +809,60 @@ mod tests {
             "{err}"
         );
     }
+
+    /// A file written before asymmetric int4 stored f32 minima (header version 1, `NAME.zeros`
+    /// as U8 zero points) is refused, naming the file and asking to re-quantize; mislabelled as
+    /// version 2 it is refused when the weight is read. Its other formats still load.
+    #[test]
+    fn int4_asym_with_zero_points_is_refused() {
+        let (rows, cols) = (2, 64);
+        let name = "model.layers.0.mlp.up_proj.weight";
+        let raw = |suffix: &str, dtype, width: usize, bytes: Vec<u8>| RawTensor {
+            name: format!("{name}.{suffix}"),
+            dtype,
+            shape: vec![rows, width],
+            bytes,
+        };
+        // What version 1 wrote for int4-asym-g32: codes, f32 scales, u8 zero points.
+        let old = [
+            raw("qweight", Dtype::U8, cols / 2, vec![0x5a; rows * cols / 2]),
+            raw(
+                "scales",
+                Dtype::F32,
+                2,
+                [0.5f32; 4].iter().flat_map(|s| s.to_le_bytes()).collect(),
+            ),
+            raw("zeros", Dtype::U8, 2, vec![8; 4]),
+        ];
+        let header = |version: u64, format: &str| {
+            json!({"version": version,
+                   "tensors": {name: {"format": format, "shape": [rows, cols]}},
+                   "method": "rtn"})
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let device = Device::flex();
+
+        save_raw(&path, &old, Some(&header(1, "int4-asym-g32"))).unwrap();
+        let err = SafetensorsSource::open(std::slice::from_ref(&path), &device)
+            .err()
+            .expect("a version-1 int4-asym file must be refused")
+            .to_string();
+        for want in ["model.safetensors", name, ".zeros", "re-quantize"] {
+            assert!(err.contains(want), "{want:?} not in: {err}");
+        }
+
+        save_raw(&path, &old, Some(&header(2, "int4-asym-g32"))).unwrap();
+        let mut source = SafetensorsSource::open(std::slice::from_ref(&path), &device).unwrap();
+        let err = source.packed(name, rows, cols).unwrap_err().to_string();
+        for want in ["model.safetensors", name, ".zeros", "re-quantize"] {
+            assert!(err.contains(want), "{want:?} not in: {err}");
+        }
+
+        // Symmetric int4 kept its layout: a version-1 file of it still loads.
+        save_raw(&path, &old[..2], Some(&header(1, "int4-sym-g32"))).unwrap();
+        let mut source = SafetensorsSource::open(std::slice::from_ref(&path), &device).unwrap();
+        let m = source.packed(name, rows, cols).unwrap().unwrap();
+        assert_eq!(m.dequantize()[..2], [1.0, -1.5]);
+    }
 }

@@ -13,14 +13,17 @@
 //! |-----------------|-------|---------------------|----------------------------------------------|
 //! | `NAME.qweight`  | U8    | `[rows, row_bytes]` | the codes, or the GGUF blocks as in a GGUF file |
 //! | `NAME.scales`   | F32   | `[rows, groups]`    | int8/int4 only: one scale per group          |
-//! | `NAME.zeros`    | U8    | `[rows, groups]`    | asymmetric int4 only: zero points `0..=15`   |
+//! | `NAME.mins`     | F32   | `[rows, groups]`    | asymmetric int4 only: one minimum per group  |
+//!
+//! An asymmetric int4 weight is `q * scale + min` for its code `q` in `0..=15` (GGUF `Q4_1`'s
+//! rule with `f32` parameters); the symmetric schemes store `q * scale`.
 //!
 //! Code layouts are those of `distill_quant` (`int8`: one signed byte per weight; `int4`: two
 //! per byte, the even column in the low nibble; `q8_0`/`q4_0`/`q4_1`: ggml's blocks). The file's
 //! `__metadata__` holds the key `distill.quantization`, a JSON object:
 //!
 //! ```json
-//! {"version": 1,
+//! {"version": 2,
 //!  "tensors": {"model.layers.0.mlp.up_proj.weight": {"format": "int4-sym-g64", "shape": [1536, 576]}},
 //!  "method": "gptq", ...}
 //! ```
@@ -28,6 +31,11 @@
 //! `format` is one of `int8`, `int4-sym-g{32,64,128}`, `int4-asym-g{32,64,128}`, `q8_0`,
 //! `q4_0`, `q4_1`; further keys record how the model was quantized. Reading and writing
 //! round-trip the bytes exactly.
+//!
+//! Version 1 stored asymmetric int4 with integer zero points (`NAME.zeros`, U8,
+//! `w = (q - zero) * scale`). Such weights are refused, naming the file and asking for the
+//! model to be quantized again (the zero points cannot be turned into minima without changing
+//! the values); the other formats of a version-1 file have not changed and still load.
 
 use burn::prelude::*;
 use distill_quant::cube::{CubeError, DevicePacked, packed_linear};
@@ -39,8 +47,18 @@ use std::sync::Arc;
 
 /// The `__metadata__` key holding the quantization header.
 pub const METADATA_KEY: &str = "distill.quantization";
-/// Version of the header layout.
-pub const HEADER_VERSION: u64 = 1;
+/// Version of the header layout: 2 since asymmetric int4 stores `f32` minima (`NAME.mins`)
+/// instead of `u8` zero points (`NAME.zeros`, version 1).
+pub const HEADER_VERSION: u64 = 2;
+
+/// Why an asymmetric int4 weight `name` written with integer zero points cannot be read.
+fn zero_point_layout(name: &str) -> String {
+    format!(
+        "`{name}` is int4-asym with integer zero points (`{name}.zeros`), written before \
+         asymmetric int4 stored an f32 minimum per group (`{name}.mins`); the values cannot be \
+         converted: re-quantize the model (`distill quantize ... --asym`)"
+    )
+}
 
 /// A packed weight of a linear layer: the host matrix, plus its copy on a WGPU device when the
 /// model lives there (a packed model computes on the CPU or a GPU; it is not trained).
@@ -139,8 +157,13 @@ pub fn encode(name: &str, m: &PackedMatrix) -> Vec<RawTensor> {
                     q.scales().iter().flat_map(|s| s.to_le_bytes()).collect(),
                 ),
             ];
-            if !q.zeros().is_empty() {
-                out.push(raw("zeros", Dtype::U8, groups, q.zeros().to_vec()));
+            if !q.mins().is_empty() {
+                out.push(raw(
+                    "mins",
+                    Dtype::F32,
+                    groups,
+                    q.mins().iter().flat_map(|m| m.to_le_bytes()).collect(),
+                ));
             }
             out
         }
@@ -157,6 +180,19 @@ pub fn decode<'a>(
     cols: usize,
     mut get: impl FnMut(&str) -> Option<(Dtype, Vec<usize>, &'a [u8])>,
 ) -> Result<PackedMatrix, String> {
+    if let Format::Int(s) = format
+        && s.is_asymmetric()
+        && get(&format!("{name}.mins")).is_none()
+        && get(&format!("{name}.zeros")).is_some()
+    {
+        return Err(zero_point_layout(name));
+    }
+    let f32s = |bytes: &[u8]| -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
     let mut part = |suffix: &str, dtype: Dtype| -> Result<&'a [u8], String> {
         let full = format!("{name}.{suffix}");
         let (d, shape, bytes) = get(&full).ok_or_else(|| format!("`{full}` is missing"))?;
@@ -173,16 +209,13 @@ pub fn decode<'a>(
     let m = match format {
         Format::Int(scheme) => {
             let data = part("qweight", Dtype::U8)?.to_vec();
-            let scales = part("scales", Dtype::F32)?
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let zeros = if scheme.is_asymmetric() {
-                part("zeros", Dtype::U8)?.to_vec()
+            let scales = f32s(part("scales", Dtype::F32)?);
+            let mins = if scheme.is_asymmetric() {
+                f32s(part("mins", Dtype::F32)?)
             } else {
                 Vec::new()
             };
-            QuantizedMatrix::from_parts(rows, cols, scheme, data, scales, zeros)
+            QuantizedMatrix::from_parts(rows, cols, scheme, data, scales, mins)
                 .map(PackedMatrix::Int)
         }
         Format::Ggml(ty) => {
@@ -212,12 +245,12 @@ pub fn header(packed: &[(String, &PackedMatrix)], extra: &Value) -> Value {
     h
 }
 
-/// Each packed weight's format, read from a header.
+/// Each packed weight's format, read from a header (version 2, or 1 without asymmetric int4).
 pub fn header_formats(header: &Value) -> Result<BTreeMap<String, (Format, [usize; 2])>, String> {
-    match header.get("version").and_then(Value::as_u64) {
-        Some(HEADER_VERSION) => {}
+    let version = match header.get("version").and_then(Value::as_u64) {
+        Some(v @ (1 | HEADER_VERSION)) => v,
         other => return Err(format!("{METADATA_KEY}: unsupported version {other:?}")),
-    }
+    };
     let tensors = header
         .get("tensors")
         .and_then(Value::as_object)
@@ -240,6 +273,12 @@ pub fn header_formats(header: &Value) -> Result<BTreeMap<String, (Format, [usize
                         .collect()
                 })
                 .unwrap_or_default();
+            if version == 1 && matches!(format, Format::Int(s) if s.is_asymmetric()) {
+                return Err(format!(
+                    "{METADATA_KEY} version 1: {}",
+                    zero_point_layout(name)
+                ));
+            }
             match shape[..] {
                 [r, c] => Ok((name.clone(), (format, [r, c]))),
                 _ => Err(format!(
@@ -275,6 +314,116 @@ mod tests {
             let formats = header_formats(&h).unwrap();
             assert_eq!(formats["l.weight"], (f, [rows, cols]));
         }
+    }
+
+    /// Asymmetric int4 is stored as `scales` and `mins`, both F32 `[rows, groups]`, and read
+    /// back bit for bit (minima away from 0 included).
+    #[test]
+    fn int4_asym_stores_f32_minima() {
+        let (rows, cols) = (3, 128);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| 0.3 + (i * 7919 % 997) as f32 / 5000.0 - (i / cols) as f32)
+            .collect();
+        for g in [32, 64, 128] {
+            let f: Format = format!("int4-asym-g{g}").parse().unwrap();
+            let m = PackedMatrix::quantize_rtn(&w, rows, cols, f).unwrap();
+            let tensors = encode("l.weight", &m);
+            let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(
+                names,
+                ["l.weight.qweight", "l.weight.scales", "l.weight.mins"]
+            );
+            let mins = &tensors[2];
+            assert_eq!(
+                (mins.dtype, &mins.shape[..]),
+                (Dtype::F32, &[rows, cols / g][..])
+            );
+            let PackedMatrix::Int(q) = &m else {
+                unreachable!()
+            };
+            let stored: Vec<f32> = mins
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(stored, q.mins());
+            assert!(stored.iter().all(|&m| m != 0.0), "{stored:?}");
+            let back = decode("l.weight", f, rows, cols, |n| {
+                tensors
+                    .iter()
+                    .find(|t| t.name == n)
+                    .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
+            })
+            .unwrap();
+            assert_eq!(back, m);
+            // A non-finite minimum is refused, not read.
+            let mut bad = tensors.clone();
+            bad[2].bytes[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            let err = decode("l.weight", f, rows, cols, |n| {
+                bad.iter()
+                    .find(|t| t.name == n)
+                    .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
+            })
+            .unwrap_err();
+            assert!(err.contains("l.weight") && err.contains("finite"), "{err}");
+        }
+    }
+
+    /// Weights written with integer zero points (`NAME.zeros`, header version 1) are refused
+    /// with a request to re-quantize, never read as minima.
+    #[test]
+    fn zero_point_layout_is_refused() {
+        let (rows, cols) = (2, 64);
+        let f: Format = "int4-asym-g32".parse().unwrap();
+        let m = PackedMatrix::quantize_rtn(&[0.25; 128], rows, cols, f).unwrap();
+        let mut tensors = encode("w", &m);
+        tensors[2] = RawTensor {
+            name: "w.zeros".into(),
+            dtype: Dtype::U8,
+            shape: vec![rows, 2],
+            bytes: vec![8; 4],
+        };
+        let err = decode("w", f, rows, cols, |n| {
+            tensors
+                .iter()
+                .find(|t| t.name == n)
+                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("`w.zeros`") && err.contains("re-quantize"),
+            "{err}"
+        );
+        // Neither `mins` nor `zeros`: simply missing.
+        tensors.pop();
+        let err = decode("w", f, rows, cols, |n| {
+            tensors
+                .iter()
+                .find(|t| t.name == n)
+                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
+        })
+        .unwrap_err();
+        assert!(err.contains("w.mins") && err.contains("missing"), "{err}");
+
+        let h = header(&[("w".into(), &m)], &Value::Null);
+        assert_eq!(h["version"], HEADER_VERSION);
+        let mut v1 = h.clone();
+        v1["version"] = json!(1);
+        let err = header_formats(&v1).unwrap_err();
+        assert!(
+            err.contains("version 1") && err.contains("`w.zeros`") && err.contains("re-quantize"),
+            "{err}"
+        );
+        // The formats version 2 did not change still load from a version-1 header.
+        let sym =
+            PackedMatrix::quantize_rtn(&[0.25; 128], rows, cols, "int4-sym-g32".parse().unwrap())
+                .unwrap();
+        let mut v1 = header(&[("w".into(), &sym)], &Value::Null);
+        v1["version"] = json!(1);
+        assert_eq!(header_formats(&v1).unwrap()["w"].0, sym.format());
+        let mut v3 = h;
+        v3["version"] = json!(3);
+        assert!(header_formats(&v3).unwrap_err().contains("version"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum QuantError {
         /// The length given.
         actual: usize,
     },
-    /// A slice of values (weights, scales, zero points, codes, an input
+    /// A slice of values (weights, scales, minima, codes, an input
     /// vector, an output buffer) does not have the length its shape calls for.
     #[error("{what}: expected {expected} values, got {actual}")]
     Length {
@@ -75,6 +75,17 @@ pub enum QuantError {
         max: i32,
         /// The scheme, in words.
         scheme: String,
+    },
+    /// An int4-asym minimum that is NaN or infinite (a minimum is the value
+    /// of its group's code 0, so it must be finite).
+    #[error("int4-asym minimum of row {row}, group {group} is {value}: minima must be finite")]
+    NonFiniteMin {
+        /// The row.
+        row: usize,
+        /// The group within the row.
+        group: usize,
+        /// The value found, as text.
+        value: String,
     },
     /// A GGUF type id this crate does not implement.
     #[error("GGML type id {0} is not supported (supported: F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8)")]

@@ -141,7 +141,7 @@ impl FromStr for Format {
 /// in one [`Format`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum PackedMatrix {
-    /// int8 or int4 codes with their scales (and zero points).
+    /// int8 or int4 codes with their scales (and minima).
     Int(QuantizedMatrix),
     /// GGUF blocks, exactly as in a GGUF tensor.
     Ggml(GgmlMatrix),
@@ -183,7 +183,7 @@ impl PackedMatrix {
         }
     }
 
-    /// Bytes held: codes, scales and zero points.
+    /// Bytes held: codes, scales and minima.
     pub fn storage_bytes(&self) -> usize {
         match self {
             Self::Int(m) => m.storage_bytes(),

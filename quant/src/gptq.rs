@@ -21,7 +21,7 @@
 //! * with `act_order` the columns are processed in order of decreasing
 //!   `H_ii`.
 //!
-//! Group parameters (scales, zero points): our formats store contiguous
+//! Group parameters (scales, minima): our formats store contiguous
 //! groups along the row, so a group's parameters must describe its
 //! columns in the original order. Without `act_order` they are computed
 //! lazily when GPTQ reaches each group's first column, from the current,
@@ -253,7 +253,8 @@ pub struct GptqConfig {
     /// Compute every group's parameters up front from the original weights
     /// instead of lazily at the group's first column (default `false`).
     pub static_groups: bool,
-    /// Choose each group's parameters (scale, zero point, `Q4_1` minimum) by
+    /// Choose each group's parameters (scale, and the minimum of int4-asym and
+    /// `Q4_1`) by
     /// the MSE scale search [`Grid::params_search`] (the reference's
     /// `mse=True`, whose settings are [`ScaleSearch::default`]) instead of
     /// the format's min/max rule [`Grid::params`] (default `None`).

@@ -59,9 +59,8 @@ use crate::{int4, int8};
 pub struct GroupParams {
     /// The step between codes (for GGUF, the stored `f16` value as `f32`).
     pub scale: f32,
-    /// int4 asymmetric: the zero-point code; 0 otherwise.
-    pub zero: u8,
-    /// `Q4_1`: the stored minimum `m` (an `f16` value); 0 otherwise.
+    /// The value of code 0 for the affine grids: int4 asymmetric (an `f32`)
+    /// and `Q4_1` (the stored `f16` minimum `m`); 0 otherwise.
     pub min: f32,
 }
 
@@ -84,8 +83,12 @@ pub struct GroupParams {
 /// further; with [`Grid::params_search_weighted`] each by a factor `c_i >=
 /// 0`, so still non-decreasing), so no smaller `p` can win. (This
 /// is exact when the stored range shrinks monotonically with `p`, as for
-/// int8, int4-sym, `Q8_0` and `Q4_0`; for int4-asym and `Q4_1` the integer
-/// zero point and the `f16` rounding of `m` make it hold up to rounding.) On
+/// int8, int4-sym, `Q8_0` and `Q4_0`. For int4-asym and `Q4_1` the grid is
+/// `min + q·scale` with `min = p·lo` and `scale = (p·hi - p·lo) / 15`: its
+/// bottom end `p·lo` moves monotonically (clipping below grows, or there is
+/// none when `lo > 0`), but its top end `min + 15·scale` equals `p·hi` only
+/// up to the `f32` rounding of `scale` (and for `Q4_1` the `f16` rounding of
+/// `d` and `m`), so the argument holds up to rounding there.) On
 /// Student-t weights it evaluates 12-23 of the 80 candidates of a 4-bit
 /// group (`p = 1` included), 2-5 of an 8-bit one.
 ///
@@ -353,12 +356,8 @@ impl Grid {
     pub fn params(&self, group: &[f32]) -> GroupParams {
         match self.format {
             Format::Int(s) => {
-                let (scale, zero) = s.group_params(group);
-                GroupParams {
-                    scale,
-                    zero,
-                    min: 0.0,
-                }
+                let (scale, min) = s.group_params(group);
+                GroupParams { scale, min }
             }
             Format::Ggml(t) => {
                 let (scale, min) = match t {
@@ -371,7 +370,6 @@ impl Grid {
                 };
                 GroupParams {
                     scale: f16_round(scale),
-                    zero: 0,
                     min: f16_round(min),
                 }
             }
@@ -381,8 +379,8 @@ impl Grid {
     /// The parameters of one group chosen by the MSE scale search `search`
     /// (see [`ScaleSearch`]): valid stored parameters of the format, built
     /// from the shrunk range by the same rule as [`params`](Self::params)
-    /// (the `f16` rounding of GGUF's `d` and `m`, the integer zero point of
-    /// int4-asym), so [`build`](Self::build) stores exactly the grid that was
+    /// (the `f16` rounding of GGUF's `d` and `m`, int4-asym's `f32` minimum
+    /// `p·lo`), so [`build`](Self::build) stores exactly the grid that was
     /// evaluated. A group with a non-finite weight, or a zero range, gets
     /// [`params`](Self::params).
     ///
@@ -543,23 +541,20 @@ impl Grid {
     /// The parameters of `range` shrunk by `p`, by the rule of
     /// [`params`](Self::params) (`p = 1`: exactly `params`).
     fn params_at(&self, range: Range, p: f32) -> GroupParams {
-        let (scale, zero, min) = match (self.format, range) {
+        let (scale, min) = match (self.format, range) {
             (Format::Int(Scheme::Int8PerChannel), Range::Absmax(a)) => {
-                (int8::scale_for_absmax(p * a), 0, 0.0)
+                (int8::scale_for_absmax(p * a), 0.0)
             }
-            (Format::Int(_), Range::Absmax(a)) => (int4::sym_scale(p * a), 0, 0.0),
-            (Format::Int(_), Range::MinMax(lo, hi)) => {
-                let (scale, zero) = int4::asym_params(p * lo, p * hi);
-                (scale, zero, 0.0)
-            }
-            (Format::Ggml(_), Range::Extreme(x)) => (f16_round(p * x / -8.0), 0, 0.0),
+            (Format::Int(_), Range::Absmax(a)) => (int4::sym_scale(p * a), 0.0),
+            (Format::Int(_), Range::MinMax(lo, hi)) => int4::asym_params(p * lo, p * hi),
+            (Format::Ggml(_), Range::Extreme(x)) => (f16_round(p * x / -8.0), 0.0),
             (Format::Ggml(_), Range::MinMax(lo, hi)) => {
-                (f16_round((p * hi - p * lo) / 15.0), 0, f16_round(p * lo))
+                (f16_round((p * hi - p * lo) / 15.0), f16_round(p * lo))
             }
-            (Format::Ggml(_), Range::Absmax(a)) => (f16_round(p * a / 127.0), 0, 0.0),
+            (Format::Ggml(_), Range::Absmax(a)) => (f16_round(p * a / 127.0), 0.0),
             (Format::Int(_), Range::Extreme(_)) => unreachable!("Q4_0 range for an int format"),
         };
-        GroupParams { scale, zero, min }
+        GroupParams { scale, min }
     }
 
     /// The codes RTN can produce on a grid: `(lowest, highest)`.
@@ -632,25 +627,23 @@ impl Grid {
     fn fake_quantize_fast(&self, w: f32, p: &GroupParams) -> f32 {
         let d = p.scale;
         match self.format {
+            Format::Int(Scheme::Int4Asym { .. }) => {
+                if d == 0.0 {
+                    return p.min;
+                }
+                let r = ((w - p.min) / d).round();
+                r.clamp(0.0, int4::ASYM_QMAX as f32) * d + p.min
+            }
             Format::Int(s) => {
                 if d == 0.0 {
                     return 0.0;
                 }
                 let r = (w / d).round();
-                match s {
-                    Scheme::Int8PerChannel => {
-                        let q = int8::QMAX as f32;
-                        r.clamp(-q, q) * d
-                    }
-                    Scheme::Int4Sym { .. } => {
-                        let q = int4::SYM_QMAX as f32;
-                        r.clamp(-q, q) * d
-                    }
-                    Scheme::Int4Asym { .. } => {
-                        let z = p.zero as f32;
-                        ((r + z).clamp(0.0, int4::ASYM_QMAX as f32) - z) * d
-                    }
-                }
+                let q = match s {
+                    Scheme::Int8PerChannel => int8::QMAX as f32,
+                    _ => int4::SYM_QMAX as f32,
+                };
+                r.clamp(-q, q) * d
             }
             Format::Ggml(GgmlType::Q4_0) => {
                 d * ((w * inverse(d) + 8.5).floor().clamp(0.0, 15.0) - 8.0)
@@ -666,7 +659,7 @@ impl Grid {
     #[inline(always)]
     pub fn quantize(&self, w: f32, p: &GroupParams) -> i8 {
         match self.format {
-            Format::Int(s) => s.quantize_value(w, p.scale, p.zero),
+            Format::Int(s) => s.quantize_value(w, p.scale, p.min),
             Format::Ggml(GgmlType::Q4_0) => {
                 (w * inverse(p.scale) + 8.5).floor().clamp(0.0, 15.0) as i8
             }
@@ -683,7 +676,7 @@ impl Grid {
     #[inline(always)]
     pub fn dequantize(&self, q: i8, p: &GroupParams) -> f32 {
         match self.format {
-            Format::Int(s) => s.dequantize_value(q, p.scale, p.zero),
+            Format::Int(s) => s.dequantize_value(q, p.scale, p.min),
             Format::Ggml(GgmlType::Q4_0) => p.scale * (q as i32 - 8) as f32,
             Format::Ggml(GgmlType::Q4_1) => p.scale * q as f32 + p.min,
             Format::Ggml(_) => q as f32 * p.scale,
@@ -756,12 +749,12 @@ impl Grid {
         match self.format {
             Format::Int(s) => {
                 let scales = params.iter().map(|p| p.scale).collect();
-                let zeros = if s.is_asymmetric() {
-                    params.iter().map(|p| p.zero).collect()
+                let mins = if s.is_asymmetric() {
+                    params.iter().map(|p| p.min).collect()
                 } else {
                     Vec::new()
                 };
-                QuantizedMatrix::from_codes(rows, cols, s, codes, scales, zeros)
+                QuantizedMatrix::from_codes(rows, cols, s, codes, scales, mins)
                     .map(PackedMatrix::Int)
             }
             Format::Ggml(t) => {
@@ -1146,8 +1139,11 @@ mod tests {
                     ps.push(GroupParams::default());
                     ps.push(GroupParams {
                         min: 0.01,
-                        zero: 3,
                         ..GroupParams::default()
+                    });
+                    ps.push(GroupParams {
+                        scale: 0.003,
+                        min: -0.02,
                     });
                     for p in &ps {
                         // The weights, ties between codes and both ends of
@@ -1378,9 +1374,7 @@ mod tests {
             for grp in [&odd[..g], &[0.0; 128][..g], &[]] {
                 let (a, b) = (grid.params_search(grp, &d), grid.params(grp));
                 assert!(
-                    a.scale.to_bits() == b.scale.to_bits()
-                        && a.zero == b.zero
-                        && a.min.to_bits() == b.min.to_bits(),
+                    a.scale.to_bits() == b.scale.to_bits() && a.min.to_bits() == b.min.to_bits(),
                     "{f}"
                 );
             }

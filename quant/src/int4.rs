@@ -12,8 +12,8 @@
 //!   GGML `Q4_0` order, where a block's low nibbles hold its first half.)
 //! * `scales`: `out * G` `f32`, row-major: `scales[r * G + k]` is the scale of
 //!   elements `k * g .. (k + 1) * g` of row `r`.
-//! * `zeros`: asymmetric only, `out * G` `u8` in `0..=15`, same indexing;
-//!   empty for symmetric.
+//! * `mins`: asymmetric only, `out * G` `f32`, same indexing: the group's
+//!   minimum, the value of code 0; empty for symmetric.
 //!
 //! # Symmetric grid: `q` in `-7..=7`, nibble `q + 8`
 //!
@@ -32,22 +32,29 @@
 //! `-8 * scale`, and [`QuantizedMatrix::from_codes`](crate::QuantizedMatrix::from_codes)
 //! accepts `-8..=7`.
 //!
-//! # Asymmetric grid: `q` in `0..=15`, integer zero point
+//! # Asymmetric grid: `q` in `0..=15`, `f32` minimum (affine)
 //!
 //! ```text
-//! lo    = min(min w, 0),  hi = max(max w, 0)  (the range always holds 0)
-//! scale = (hi - lo) / 15                      (f32)
-//! zero  = clamp(round(-lo / scale), 0, 15)    (u8)
-//! q     = clamp(round(w / scale) + zero, 0, 15)
-//! w'    = (q - zero) * scale
+//! min   = min w over the group                  (f32; NaN weights ignored)
+//! scale = (max w - min) / 15                    (f32)
+//! q     = clamp(round((w - min) / scale), 0, 15)
+//! w'    = q * scale + min                       (an f32 product, then an f32 sum)
 //! ```
 //!
-//! Widening the range to include 0 (as GPTQ does) keeps the zero point a
-//! representable code, so 0 dequantizes exactly; without it an all-positive
-//! group would get `zero = 0` and clip. Rounding is half away from zero
-//! throughout, divisions are `f32` divisions. A zero scale (an all-zero
-//! group) gives `q = zero = 0`. NaN weights give code 0 (symmetric: the code
-//! for value 0; asymmetric: the lowest code).
+//! This is GGUF `Q4_1`'s rule (see [`crate::gguf`]) at any group size, with
+//! the parameters kept in `f32` instead of `f16`: the 16 levels span exactly
+//! the group's range, which need not hold 0. A group that is already on such
+//! a grid (codes 0 and 15 both used, as `Q4_1` always writes them) is
+//! recovered up to `f32` rounding, which an integer zero point cannot do:
+//! its grid always holds 0, so a `Q4_1` block whose minimum is not a multiple
+//! of its step is off it. Rounding is half away from zero (`(w - min) /
+//! scale >= 0`, so ties round up), divisions are `f32` divisions. A zero
+//! scale (a constant group) gives `q = 0`, so the group dequantizes exactly
+//! to `min`. A group holding an infinite weight, or whose range overflows
+//! `f32` (`max - min` beyond `f32::MAX`), gets `scale = min = 0` (all of it
+//! dequantizes to 0), so the stored parameters are always finite. NaN
+//! weights give code 0 (symmetric: the code for value 0; asymmetric: the
+//! lowest code, the value `min`).
 
 use crate::error::{Result, check_bytes};
 
@@ -55,7 +62,7 @@ use crate::error::{Result, check_bytes};
 pub const SYM_QMAX: i8 = 7;
 /// Smallest symmetric code the storage holds (nibble 0).
 pub const SYM_STORE_MIN: i8 = -8;
-/// Largest asymmetric code; codes and zero points are in `0..=ASYM_QMAX`.
+/// Largest asymmetric code; codes are in `0..=ASYM_QMAX`.
 pub const ASYM_QMAX: u8 = 15;
 
 /// Symmetric scale for a group whose largest magnitude is `absmax`.
@@ -81,34 +88,33 @@ pub fn dequantize_sym(q: i8, scale: f32) -> f32 {
     q as f32 * scale
 }
 
-/// Asymmetric `(scale, zero)` for a group spanning `min..=max` (the range is
-/// first widened to include 0). NaN bounds are treated as 0.
+/// Asymmetric `(scale, min)` for a group spanning `min..=max`:
+/// `((max - min) / 15, min)`. Non-finite bounds (an infinite weight, or NaN)
+/// or a range whose width overflows `f32` give `(0, 0)`.
 #[inline]
-pub fn asym_params(min: f32, max: f32) -> (f32, u8) {
-    let lo = min.min(0.0);
-    let hi = max.max(0.0);
-    let scale = (hi - lo) / ASYM_QMAX as f32;
-    if scale == 0.0 || scale.is_nan() {
-        return (0.0, 0);
+pub fn asym_params(min: f32, max: f32) -> (f32, f32) {
+    let scale = (max - min) / ASYM_QMAX as f32;
+    if !(min.is_finite() && scale.is_finite()) {
+        return (0.0, 0.0);
     }
-    let zero = (-lo / scale).round().clamp(0.0, ASYM_QMAX as f32) as u8;
-    (scale, zero)
+    (scale, min)
 }
 
-/// Asymmetric code of `w`: `clamp(round(w / scale) + zero, 0, 15)`; `zero`
-/// for a zero scale.
+/// Asymmetric code of `w`: `clamp(round((w - min) / scale), 0, 15)`; 0 for
+/// a zero scale or a NaN `w`.
 #[inline]
-pub fn quantize_asym(w: f32, scale: f32, zero: u8) -> u8 {
+pub fn quantize_asym(w: f32, scale: f32, min: f32) -> u8 {
     if scale == 0.0 {
-        return zero.min(ASYM_QMAX);
+        return 0;
     }
-    ((w / scale).round() + zero as f32).clamp(0.0, ASYM_QMAX as f32) as u8
+    // `as` maps NaN to 0.
+    ((w - min) / scale).round().clamp(0.0, ASYM_QMAX as f32) as u8
 }
 
-/// Value of asymmetric code `q`: `(q - zero) * scale`.
+/// Value of asymmetric code `q`: `q * scale + min`.
 #[inline]
-pub fn dequantize_asym(q: u8, scale: f32, zero: u8) -> f32 {
-    (q as i32 - zero as i32) as f32 * scale
+pub fn dequantize_asym(q: u8, scale: f32, min: f32) -> f32 {
+    q as f32 * scale + min
 }
 
 /// Nibble of a symmetric code: `q + 8` (the low 4 bits).
@@ -181,21 +187,21 @@ pub(crate) fn quantize_row_asym(
     group: usize,
     out: &mut [u8],
     scales: &mut [f32],
-    zeros: &mut [u8],
+    mins: &mut [f32],
 ) {
-    for (((wg, og), s), z) in w
+    for (((wg, og), s), m) in w
         .chunks_exact(group)
         .zip(out.chunks_exact_mut(group / 2))
         .zip(scales.iter_mut())
-        .zip(zeros.iter_mut())
+        .zip(mins.iter_mut())
     {
-        let (min, max) = min_max(wg);
-        let (scale, zero) = asym_params(min, max);
+        let (lo, hi) = min_max(wg);
+        let (scale, min) = asym_params(lo, hi);
         *s = scale;
-        *z = zero;
+        *m = min;
         for (o, p) in og.iter_mut().zip(wg.chunks_exact(2)) {
-            let lo = quantize_asym(p[0], scale, zero);
-            let hi = quantize_asym(p[1], scale, zero);
+            let lo = quantize_asym(p[0], scale, min);
+            let hi = quantize_asym(p[1], scale, min);
             *o = lo | (hi << 4);
         }
     }
@@ -220,18 +226,18 @@ pub(crate) fn dequantize_row_asym(
     packed: &[u8],
     group: usize,
     scales: &[f32],
-    zeros: &[u8],
+    mins: &[f32],
     out: &mut [f32],
 ) {
-    for (((pg, og), &s), &z) in packed
+    for (((pg, og), &s), &m) in packed
         .chunks_exact(group / 2)
         .zip(out.chunks_exact_mut(group))
         .zip(scales)
-        .zip(zeros)
+        .zip(mins)
     {
         for (&b, o) in pg.iter().zip(og.chunks_exact_mut(2)) {
-            o[0] = dequantize_asym(b & 0x0f, s, z);
-            o[1] = dequantize_asym(b >> 4, s, z);
+            o[0] = dequantize_asym(b & 0x0f, s, m);
+            o[1] = dequantize_asym(b >> 4, s, m);
         }
     }
 }
@@ -260,25 +266,36 @@ mod tests {
 
     #[test]
     fn asym_grid() {
-        // -1..=2: scale 0.2, zero round(5) = 5.
-        let (s, z) = asym_params(-1.0, 2.0);
-        assert_eq!(s, 3.0 / 15.0);
-        assert_eq!(z, 5);
-        assert_eq!(quantize_asym(-1.0, s, z), 0);
-        assert_eq!(quantize_asym(2.0, s, z), 15);
-        assert_eq!(quantize_asym(0.0, s, z), 5);
-        assert_eq!(dequantize_asym(5, s, z), 0.0);
-        // All-positive group: the range is widened to 0..=max.
-        let (s, z) = asym_params(3.0, 7.5);
-        assert_eq!((s, z), (0.5, 0));
-        assert_eq!(quantize_asym(3.0, s, z), 6);
-        // All-negative group: zero point at the top.
-        let (s, z) = asym_params(-7.5, -1.0);
-        assert_eq!((s, z), (0.5, 15));
-        assert_eq!(quantize_asym(-7.5, s, z), 0);
-        assert_eq!(asym_params(0.0, 0.0), (0.0, 0));
-        assert_eq!(quantize_asym(1.0, 0.0, 0), 0);
-        assert_eq!(quantize_asym(f32::NAN, 1.0, 3), 0);
+        // -1..=2: scale 0.2, min -1.
+        let (s, m) = asym_params(-1.0, 2.0);
+        assert_eq!((s, m), (3.0 / 15.0, -1.0));
+        assert_eq!(quantize_asym(-1.0, s, m), 0);
+        assert_eq!(quantize_asym(2.0, s, m), 15);
+        assert_eq!(quantize_asym(-5.0, s, m), 0);
+        assert_eq!(quantize_asym(5.0, s, m), 15);
+        assert_eq!(dequantize_asym(0, s, m), -1.0);
+        // All-positive group: the range is not widened to 0, the minimum is code 0.
+        let (s, m) = asym_params(3.0, 10.5);
+        assert_eq!((s, m), (0.5, 3.0));
+        assert_eq!(quantize_asym(3.0, s, m), 0);
+        assert_eq!(quantize_asym(3.25, s, m), 1); // a tie rounds up
+        assert_eq!(quantize_asym(10.5, s, m), 15);
+        assert_eq!(dequantize_asym(7, s, m), 6.5);
+        // All-negative group.
+        let (s, m) = asym_params(-7.5, -0.0);
+        assert_eq!((s, m), (0.5, -7.5));
+        assert_eq!(quantize_asym(-7.5, s, m), 0);
+        assert_eq!(dequantize_asym(15, s, m), 0.0);
+        // A constant group is exact: code 0, value `min`.
+        assert_eq!(asym_params(0.0, 0.0), (0.0, 0.0));
+        assert_eq!(asym_params(0.75, 0.75), (0.0, 0.75));
+        assert_eq!(quantize_asym(0.75, 0.0, 0.75), 0);
+        assert_eq!(dequantize_asym(0, 0.0, 0.75), 0.75);
+        assert_eq!(quantize_asym(f32::NAN, 1.0, 3.0), 0);
+        // Parameters stay finite.
+        assert_eq!(asym_params(f32::NEG_INFINITY, 1.0), (0.0, 0.0));
+        assert_eq!(asym_params(0.0, f32::INFINITY), (0.0, 0.0));
+        assert_eq!(asym_params(-f32::MAX, f32::MAX), (0.0, 0.0));
         assert_eq!(min_max(&[f32::NAN, 2.0, -1.0]), (-1.0, 2.0));
         assert_eq!(min_max(&[]), (0.0, 0.0));
     }
@@ -314,16 +331,17 @@ mod tests {
         dequantize_row_sym(&packed, 32, &scales, &mut back);
         assert_eq!(back, w);
 
-        // Asymmetric: codes 0..=15 with zero 4 and scale 0.5.
+        // Asymmetric: codes 0..=15 with scale 0.5 and minimum 1.25 (not a
+        // multiple of the scale: off every integer-zero-point grid).
         let w: Vec<f32> = (0..64)
-            .map(|i| ((i * 7) % 16) as f32 - 4.0)
-            .map(|q| q * 0.5)
+            .map(|i| ((i * 7) % 16) as f32)
+            .map(|q| q * 0.5 + 1.25)
             .collect();
-        let mut zeros = vec![0u8; 2];
-        quantize_row_asym(&w, 32, &mut packed, &mut scales, &mut zeros);
+        let mut mins = vec![0f32; 2];
+        quantize_row_asym(&w, 32, &mut packed, &mut scales, &mut mins);
         assert_eq!(scales, [0.5, 0.5]);
-        assert_eq!(zeros, [4, 4]);
-        dequantize_row_asym(&packed, 32, &scales, &zeros, &mut back);
+        assert_eq!(mins, [1.25, 1.25]);
+        dequantize_row_asym(&packed, 32, &scales, &mins, &mut back);
         assert_eq!(back, w);
     }
 }

@@ -4,7 +4,8 @@
 //!   bit-identical to the Python `gguf` package's `gguf.quants`
 //!   (`quantize_row`, `dequantize_row`, [`GgmlMatrix`]).
 //! * [`int8`]: int8 per-output-channel symmetric.
-//! * [`int4`]: int4 group-wise (32/64/128) symmetric and asymmetric.
+//! * [`int4`]: int4 group-wise (32/64/128) symmetric and asymmetric (an `f32`
+//!   minimum per group, `Q4_1`'s affine rule).
 //! * [`matrix`]: [`Scheme`] and [`QuantizedMatrix`] for int8/int4, with RTN
 //!   quantization and the per-group grid functions GPTQ/AWQ build on.
 //! * [`format`]: [`Format`] and [`PackedMatrix`], one type over both families.

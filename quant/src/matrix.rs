@@ -5,11 +5,14 @@
 //! The byte layouts are documented in [`crate::int8`] and [`crate::int4`].
 //! In short, for `W[rows = out, cols = in]`:
 //!
-//! | scheme              | `data` bytes       | `scales` (f32)        | `zeros` (u8)          |
+//! | scheme              | `data` bytes       | `scales` (f32)        | `mins` (f32)          |
 //! |---------------------|--------------------|-----------------------|-----------------------|
 //! | `int8`              | `rows * cols`      | `rows`                | none                  |
 //! | `int4-sym-g{g}`     | `rows * cols / 2`  | `rows * cols / g`     | none                  |
 //! | `int4-asym-g{g}`    | `rows * cols / 2`  | `rows * cols / g`     | `rows * cols / g`     |
+//!
+//! An asymmetric weight is `q * scale + min` (`Q4_1`'s affine rule in `f32`);
+//! the symmetric ones are `q * scale`.
 //!
 //! Algorithms other than RTN (GPTQ, AWQ) use the per-group grid functions of
 //! [`Scheme`] ([`Scheme::group_params`], [`Scheme::quantize_value`],
@@ -52,8 +55,8 @@ pub enum Scheme {
         /// Inputs per group: 32, 64 or 128.
         group_size: usize,
     },
-    /// int4 asymmetric (codes `0..=15`), one `f32` scale and one `u8` zero
-    /// point per group of `group_size` inputs.
+    /// int4 asymmetric (codes `0..=15`, value `q * scale + min`), one `f32`
+    /// scale and one `f32` minimum per group of `group_size` inputs.
     Int4Asym {
         /// Inputs per group: 32, 64 or 128.
         group_size: usize,
@@ -69,7 +72,7 @@ impl Scheme {
         }
     }
 
-    /// Whether the scheme stores zero points.
+    /// Whether the scheme stores a minimum per group (int4 asymmetric).
     pub const fn is_asymmetric(self) -> bool {
         matches!(self, Scheme::Int4Asym { .. })
     }
@@ -103,7 +106,7 @@ impl Scheme {
         }
     }
 
-    /// Scales (and zero points) per row of `cols` inputs (1 for int8).
+    /// Scales (and minima) per row of `cols` inputs (1 for int8).
     pub const fn groups_per_row(self, cols: usize) -> usize {
         match self {
             Scheme::Int8PerChannel => 1,
@@ -119,10 +122,11 @@ impl Scheme {
         }
     }
 
-    /// Storage cost in bits per weight, scales and zero points included.
+    /// Storage cost in bits per weight, scales and minima included: an `f32`
+    /// scale per group, plus an `f32` minimum for int4 asymmetric.
     pub fn bits_per_weight(self, cols: usize) -> f64 {
         let g = self.group_size(cols) as f64;
-        let extra = if self.is_asymmetric() { 40.0 } else { 32.0 };
+        let extra = if self.is_asymmetric() { 64.0 } else { 32.0 };
         self.bits() as f64 + extra / g
     }
 
@@ -136,12 +140,12 @@ impl Scheme {
         }
     }
 
-    /// The RTN `(scale, zero)` of a group of weights (a whole row for int8);
-    /// `zero` is 0 for the symmetric schemes.
-    pub fn group_params(self, group: &[f32]) -> (f32, u8) {
+    /// The RTN `(scale, min)` of a group of weights (a whole row for int8);
+    /// `min` is 0 for the symmetric schemes.
+    pub fn group_params(self, group: &[f32]) -> (f32, f32) {
         match self {
-            Scheme::Int8PerChannel => (int8::scale_for_absmax(int8::absmax(group)), 0),
-            Scheme::Int4Sym { .. } => (int4::sym_scale(int8::absmax(group)), 0),
+            Scheme::Int8PerChannel => (int8::scale_for_absmax(int8::absmax(group)), 0.0),
+            Scheme::Int4Sym { .. } => (int4::sym_scale(int8::absmax(group)), 0.0),
             Scheme::Int4Asym { .. } => {
                 let (min, max) = int4::min_max(group);
                 int4::asym_params(min, max)
@@ -149,30 +153,32 @@ impl Scheme {
         }
     }
 
-    /// The code of `w` on the grid `(scale, zero)` (round to nearest, clamped).
+    /// The code of `w` on the grid `(scale, min)` (round to nearest,
+    /// clamped); the symmetric schemes ignore `min`.
     #[inline]
-    pub fn quantize_value(self, w: f32, scale: f32, zero: u8) -> i8 {
+    pub fn quantize_value(self, w: f32, scale: f32, min: f32) -> i8 {
         match self {
             Scheme::Int8PerChannel => int8::quantize_value(w, scale),
             Scheme::Int4Sym { .. } => int4::quantize_sym(w, scale),
-            Scheme::Int4Asym { .. } => int4::quantize_asym(w, scale, zero) as i8,
+            Scheme::Int4Asym { .. } => int4::quantize_asym(w, scale, min) as i8,
         }
     }
 
-    /// The value of code `q` on the grid `(scale, zero)`.
+    /// The value of code `q` on the grid `(scale, min)`; the symmetric
+    /// schemes ignore `min`.
     #[inline]
-    pub fn dequantize_value(self, q: i8, scale: f32, zero: u8) -> f32 {
+    pub fn dequantize_value(self, q: i8, scale: f32, min: f32) -> f32 {
         match self {
             Scheme::Int8PerChannel => int8::dequantize_value(q, scale),
             Scheme::Int4Sym { .. } => int4::dequantize_sym(q, scale),
-            Scheme::Int4Asym { .. } => int4::dequantize_asym(q as u8, scale, zero),
+            Scheme::Int4Asym { .. } => int4::dequantize_asym(q as u8, scale, min),
         }
     }
 
     /// `w` rounded onto the grid: `dequantize_value(quantize_value(w))`.
     #[inline]
-    pub fn fake_quantize(self, w: f32, scale: f32, zero: u8) -> f32 {
-        self.dequantize_value(self.quantize_value(w, scale, zero), scale, zero)
+    pub fn fake_quantize(self, w: f32, scale: f32, min: f32) -> f32 {
+        self.dequantize_value(self.quantize_value(w, scale, min), scale, min)
     }
 }
 
@@ -221,7 +227,7 @@ impl FromStr for Scheme {
 
 /// A `[rows, cols]` weight matrix (rows = output channels, cols = inputs) in
 /// one of the crate's integer schemes: packed codes, `f32` scales and, for
-/// the asymmetric scheme, `u8` zero points (layouts in [`crate::int8`],
+/// the asymmetric scheme, `f32` minima (layouts in [`crate::int8`],
 /// [`crate::int4`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedMatrix {
@@ -230,26 +236,27 @@ pub struct QuantizedMatrix {
     scheme: Scheme,
     data: Vec<u8>,
     scales: Vec<f32>,
-    zeros: Vec<u8>,
+    mins: Vec<f32>,
 }
 
-/// Expected lengths of `(data, scales, zeros)`.
+/// Expected lengths of `(data, scales, mins)`.
 fn part_lens(rows: usize, cols: usize, scheme: Scheme) -> Result<(usize, usize, usize)> {
     scheme.validate(cols)?;
     checked_len(rows, cols)?;
     let data = rows * scheme.row_bytes(cols);
     let scales = rows * scheme.groups_per_row(cols);
-    let zeros = if scheme.is_asymmetric() { scales } else { 0 };
-    Ok((data, scales, zeros))
+    let mins = if scheme.is_asymmetric() { scales } else { 0 };
+    Ok((data, scales, mins))
 }
 
-fn check_zeros(zeros: &[u8]) -> Result<()> {
-    match zeros.iter().find(|&&z| z > int4::ASYM_QMAX) {
-        Some(&z) => Err(QuantError::CodeOutOfRange {
-            code: z as i32,
-            min: 0,
-            max: int4::ASYM_QMAX as i32,
-            scheme: "an int4 zero point".to_owned(),
+/// Every minimum must be finite: a NaN or infinite one would turn its whole
+/// group into NaN or infinities.
+fn check_mins(mins: &[f32], groups_per_row: usize) -> Result<()> {
+    match mins.iter().position(|m| !m.is_finite()) {
+        Some(i) => Err(QuantError::NonFiniteMin {
+            row: i / groups_per_row.max(1),
+            group: i % groups_per_row.max(1),
+            value: mins[i].to_string(),
         }),
         None => Ok(()),
     }
@@ -265,18 +272,18 @@ impl QuantizedMatrix {
         let rb = scheme.row_bytes(cols);
         let mut data = vec![0u8; n_data];
         let mut scales = vec![0f32; n_scales];
-        let mut zeros = vec![0u8; n_scales];
+        let mut mins = vec![0f32; n_scales];
         data.par_chunks_mut(rb)
             .zip(scales.par_chunks_mut(gpr))
-            .zip(zeros.par_chunks_mut(gpr))
+            .zip(mins.par_chunks_mut(gpr))
             .zip(weights.par_chunks(cols))
-            .for_each(|(((d, s), z), w)| match scheme {
+            .for_each(|(((d, s), m), w)| match scheme {
                 Scheme::Int8PerChannel => s[0] = int8::quantize_row(w, d),
                 Scheme::Int4Sym { group_size } => int4::quantize_row_sym(w, group_size, d, s),
-                Scheme::Int4Asym { group_size } => int4::quantize_row_asym(w, group_size, d, s, z),
+                Scheme::Int4Asym { group_size } => int4::quantize_row_asym(w, group_size, d, s, m),
             });
         if !scheme.is_asymmetric() {
-            zeros = Vec::new();
+            mins = Vec::new();
         }
         Ok(Self {
             rows,
@@ -284,26 +291,26 @@ impl QuantizedMatrix {
             scheme,
             data,
             scales,
-            zeros,
+            mins,
         })
     }
 
     /// Packs integer codes (row-major, `rows * cols`, each within
-    /// [`Scheme::code_range`]) with their scales (and zero points, in
-    /// `0..=15`, for the asymmetric scheme; empty otherwise).
+    /// [`Scheme::code_range`]) with their scales (and finite minima for the
+    /// asymmetric scheme; empty otherwise).
     pub fn from_codes(
         rows: usize,
         cols: usize,
         scheme: Scheme,
         codes: &[i8],
         scales: Vec<f32>,
-        zeros: Vec<u8>,
+        mins: Vec<f32>,
     ) -> Result<Self> {
-        let (n_data, n_scales, n_zeros) = part_lens(rows, cols, scheme)?;
+        let (n_data, n_scales, n_mins) = part_lens(rows, cols, scheme)?;
         check_len("codes", rows * cols, codes.len())?;
         check_len("scales", n_scales, scales.len())?;
-        check_len("zero points", n_zeros, zeros.len())?;
-        check_zeros(&zeros)?;
+        check_len("minima", n_mins, mins.len())?;
+        check_mins(&mins, scheme.groups_per_row(cols))?;
         let (min, max) = scheme.code_range();
         if let Some(&q) = codes.iter().find(|&&q| q < min || q > max) {
             return Err(QuantError::CodeOutOfRange {
@@ -333,31 +340,32 @@ impl QuantizedMatrix {
             scheme,
             data,
             scales,
-            zeros,
+            mins,
         })
     }
 
-    /// Wraps already packed parts, checking their lengths and zero points.
+    /// Wraps already packed parts, checking their lengths and that the
+    /// minima are finite.
     pub fn from_parts(
         rows: usize,
         cols: usize,
         scheme: Scheme,
         data: Vec<u8>,
         scales: Vec<f32>,
-        zeros: Vec<u8>,
+        mins: Vec<f32>,
     ) -> Result<Self> {
-        let (n_data, n_scales, n_zeros) = part_lens(rows, cols, scheme)?;
+        let (n_data, n_scales, n_mins) = part_lens(rows, cols, scheme)?;
         check_bytes("packed codes", n_data, data.len())?;
         check_len("scales", n_scales, scales.len())?;
-        check_len("zero points", n_zeros, zeros.len())?;
-        check_zeros(&zeros)?;
+        check_len("minima", n_mins, mins.len())?;
+        check_mins(&mins, scheme.groups_per_row(cols))?;
         Ok(Self {
             rows,
             cols,
             scheme,
             data,
             scales,
-            zeros,
+            mins,
         })
     }
 
@@ -386,19 +394,20 @@ impl QuantizedMatrix {
         &self.scales
     }
 
-    /// Zero points, `[rows, groups_per_row]` row-major (empty if symmetric).
-    pub fn zeros(&self) -> &[u8] {
-        &self.zeros
+    /// Minima (the value of code 0), `[rows, groups_per_row]` row-major
+    /// (empty if symmetric).
+    pub fn mins(&self) -> &[f32] {
+        &self.mins
     }
 
-    /// Takes the parts `(data, scales, zeros)`.
-    pub fn into_parts(self) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
-        (self.data, self.scales, self.zeros)
+    /// Takes the parts `(data, scales, mins)`.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        (self.data, self.scales, self.mins)
     }
 
-    /// Total storage in bytes (codes, scales, zero points).
+    /// Total storage in bytes (codes, scales, minima).
     pub fn storage_bytes(&self) -> usize {
-        self.data.len() + 4 * self.scales.len() + self.zeros.len()
+        self.data.len() + 4 * self.scales.len() + 4 * self.mins.len()
     }
 
     /// The integer code of element `(r, c)`; `None` out of range.
@@ -459,8 +468,8 @@ impl QuantizedMatrix {
             Scheme::Int8PerChannel => int8::dequantize_row(d, s[0], out),
             Scheme::Int4Sym { group_size } => int4::dequantize_row_sym(d, group_size, s, out),
             Scheme::Int4Asym { group_size } => {
-                let z = &self.zeros[r * gpr..(r + 1) * gpr];
-                int4::dequantize_row_asym(d, group_size, s, z, out)
+                let m = &self.mins[r * gpr..(r + 1) * gpr];
+                int4::dequantize_row_asym(d, group_size, s, m, out)
             }
         }
     }
@@ -554,17 +563,17 @@ mod tests {
             .unwrap();
         assert_eq!(m.data().len(), rows * cols / 2);
         assert_eq!(m.scales().len(), rows * 4);
-        assert_eq!(m.zeros().len(), rows * 4);
-        assert_eq!(m.storage_bytes(), rows * cols / 2 + rows * 4 * 5);
+        assert_eq!(m.mins().len(), rows * 4);
+        assert_eq!(m.storage_bytes(), rows * cols / 2 + rows * 4 * 8);
         let m = QuantizedMatrix::quantize_rtn(&w, rows, cols, Scheme::Int4Sym { group_size: 128 })
             .unwrap();
         assert_eq!(
-            (m.data().len(), m.scales().len(), m.zeros().len()),
+            (m.data().len(), m.scales().len(), m.mins().len()),
             (rows * 128, rows * 2, 0)
         );
         let m = QuantizedMatrix::quantize_rtn(&w, rows, cols, Scheme::Int8PerChannel).unwrap();
         assert_eq!(
-            (m.data().len(), m.scales().len(), m.zeros().len()),
+            (m.data().len(), m.scales().len(), m.mins().len()),
             (rows * cols, rows, 0)
         );
         assert_eq!(
@@ -572,6 +581,11 @@ mod tests {
             4.25
         );
         assert_eq!(Scheme::Int8PerChannel.bits_per_weight(256), 8.125);
+        // An f32 scale and an f32 minimum per group.
+        for (g, bpw) in [(32, 6.0), (64, 5.0), (128, 4.5)] {
+            let s = Scheme::Int4Asym { group_size: g };
+            assert_eq!(s.bits_per_weight(cols), bpw);
+        }
     }
 
     #[test]
@@ -607,8 +621,13 @@ mod tests {
                 Scheme::Int4Sym { .. } => (-7, 7),
                 Scheme::Int4Asym { .. } => (0, 15),
             };
-            let zeros: Vec<u8> = if scheme.is_asymmetric() {
-                (0..rows * gpr).map(|_| rng.random_range(0..=15)).collect()
+            // Minima on a quarter of the step (so every value and the
+            // range `15 * scale` are exact), most of them not a multiple of
+            // the step, some of them positive: off an integer zero point.
+            let mins: Vec<f32> = if scheme.is_asymmetric() {
+                (0..rows * gpr)
+                    .map(|i| rng.random_range(-80..=40) as f32 * scales[i] / 4.0)
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -617,20 +636,17 @@ mod tests {
                 .collect();
             for r in 0..rows {
                 for k in 0..gpr {
-                    // Each group must reach its range's ends (and hold the zero point).
+                    // Each group must reach its range's ends.
                     let base = r * cols + k * g;
                     codes[base] = lo;
                     codes[base + 1] = hi;
-                    if scheme.is_asymmetric() {
-                        codes[base + 2] = zeros[r * gpr + k] as i8;
-                    }
                 }
             }
-            let z = |i: usize| zeros.get(i).copied().unwrap_or(0);
+            let m = |i: usize| mins.get(i).copied().unwrap_or(0.0);
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| {
                     let gi = (i / cols) * gpr + (i % cols) / g;
-                    scheme.dequantize_value(codes[i], scales[gi], z(gi))
+                    scheme.dequantize_value(codes[i], scales[gi], m(gi))
                 })
                 .collect();
             let packed = QuantizedMatrix::from_codes(
@@ -639,7 +655,7 @@ mod tests {
                 scheme,
                 &codes,
                 scales.clone(),
-                zeros.clone(),
+                mins.clone(),
             )
             .unwrap();
             assert_eq!(packed.codes(), codes, "{scheme}");
@@ -647,32 +663,114 @@ mod tests {
 
             let m = QuantizedMatrix::quantize_rtn(&w, rows, cols, scheme).unwrap();
             assert_eq!(m.dequantize(), w, "{scheme}");
-            // Codes 0 and 15 of each group put 0 inside the asymmetric range,
-            // so its scale and zero point are recovered too.
+            // Codes 0 and 15 of each group span the asymmetric range, so its
+            // scale and minimum are recovered too.
             assert_eq!(m.codes(), codes, "{scheme}");
             assert_eq!(m.scales(), &scales[..], "{scheme}");
+            assert_eq!(m.mins(), &mins[..], "{scheme}");
             assert_eq!(m, packed);
         }
     }
 
+    /// All-positive, all-negative and far-from-zero groups keep their own
+    /// range: the grid is not widened to hold 0.
     #[test]
-    fn asym_on_grid_with_zero_point_at_an_end() {
+    fn asym_on_grid_away_from_zero() {
         let (rows, cols) = (2, 64);
         let scheme = Scheme::Int4Asym { group_size: 32 };
         let mut codes = vec![0i8; rows * cols];
         for (i, c) in codes.iter_mut().enumerate() {
             *c = (i * 7 % 16) as i8;
         }
-        let zeros = [0u8, 15, 15, 0];
+        let mins = [3.0f32, -7.5, 0.0, 100.0];
         let scales = [0.5f32, 0.25, 1.0, 2.0];
         let w: Vec<f32> = (0..rows * cols)
-            .map(|i| scheme.dequantize_value(codes[i], scales[i / 32], zeros[i / 32]))
+            .map(|i| scheme.dequantize_value(codes[i], scales[i / 32], mins[i / 32]))
             .collect();
         let m = QuantizedMatrix::quantize_rtn(&w, rows, cols, scheme).unwrap();
         assert_eq!(m.codes(), codes);
-        assert_eq!(m.zeros(), &zeros[..]);
+        assert_eq!(m.mins(), &mins[..]);
         assert_eq!(m.scales(), &scales[..]);
         assert_eq!(m.dequantize(), w);
+        // A constant group is exact: code 0 at scale 0.
+        let c = QuantizedMatrix::quantize_rtn(&[0.3; 32], 1, 32, scheme).unwrap();
+        assert_eq!((c.scales(), c.mins()), (&[0.0][..], &[0.3][..]));
+        assert_eq!(c.dequantize(), [0.3; 32]);
+    }
+
+    /// The old rule, for comparison: the range widened to hold 0, an integer
+    /// zero point `z`, values `(q - z) * scale`.
+    fn zero_point_fake_quantize(group: &[f32]) -> Vec<f32> {
+        let (lo, hi) = int4::min_max(group);
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let scale = (hi - lo) / 15.0;
+        let z = (-lo / scale).round().clamp(0.0, 15.0);
+        group
+            .iter()
+            .map(|&w| ((w / scale).round() + z).clamp(0.0, 15.0) - z)
+            .map(|q| q * scale)
+            .collect()
+    }
+
+    /// Weights that lie on `Q4_1` grids (SmolLM2's published weights are
+    /// `Q4_1`, groups of 32) come back from int4-asym-g32 RTN with `Q4_1`'s
+    /// own codes, and each value within `4 ε (|m| + 15 d)` of the `Q4_1`
+    /// value (`ε = f32::EPSILON`, `d` and `m` the block's step and minimum: a
+    /// few units in the last place of the block's largest magnitude, from
+    /// the `f32` rounding of `scale = (max - min) / 15`); the minimum is
+    /// exact. The old integer zero point missed almost every block.
+    #[test]
+    fn asym_g32_reproduces_q4_1_weights() {
+        use crate::gguf::{QK, dequantize_block_q4_1, quantize_block_q4_1};
+        let mut rng = StdRng::seed_from_u64(41);
+        let (rows, cols) = (16, 576);
+        let mut w = vec![0f32; rows * cols];
+        let mut want_codes = vec![0i8; rows * cols];
+        let mut blocks = Vec::new();
+        for (wb, cb) in w.chunks_exact_mut(QK).zip(want_codes.chunks_exact_mut(QK)) {
+            // Blocks around 0 and off it, narrow and wide.
+            let centre = rng.random_range(-0.05f32..0.05);
+            let spread = rng.random_range(0.002f32..0.08);
+            let x: [f32; QK] =
+                std::array::from_fn(|_| centre + spread * rng.random_range(-1.0f32..1.0));
+            let mut b = [0u8; 20];
+            quantize_block_q4_1(&x, &mut b);
+            let mut y = [0f32; QK];
+            dequantize_block_q4_1(&b, &mut y);
+            wb.copy_from_slice(&y);
+            for (j, c) in cb.iter_mut().enumerate() {
+                let byte = b[4 + j % (QK / 2)];
+                *c = if j < QK / 2 { byte & 0x0f } else { byte >> 4 } as i8;
+            }
+            let f16 = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+            blocks.push((f16(0), f16(2)));
+        }
+        let scheme = Scheme::Int4Asym { group_size: 32 };
+        let m = QuantizedMatrix::quantize_rtn(&w, rows, cols, scheme).unwrap();
+        assert_eq!(m.codes(), want_codes);
+        let deq = m.dequantize();
+        let (mut exact, mut old_misses) = (0, 0);
+        for (k, (&(d, mn), (wb, qb))) in blocks
+            .iter()
+            .zip(w.chunks_exact(QK).zip(deq.chunks_exact(QK)))
+            .enumerate()
+        {
+            assert_eq!(m.mins()[k], mn, "block {k}");
+            let tol = 4.0 * f32::EPSILON * (mn.abs() + 15.0 * d);
+            for (&a, &b) in wb.iter().zip(qb) {
+                assert!((a - b).abs() <= tol, "block {k}: {a} vs {b} (tol {tol})");
+            }
+            exact += usize::from(wb == qb);
+            let old = zero_point_fake_quantize(wb);
+            let old_err = wb
+                .iter()
+                .zip(&old)
+                .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+            old_misses += usize::from(old_err > 100.0 * tol);
+        }
+        let n = blocks.len();
+        eprintln!("{exact} of {n} blocks bit-exact; the zero point missed {old_misses}");
+        assert!(old_misses * 10 >= n * 9, "{old_misses} of {n}");
     }
 
     #[test]
@@ -697,21 +795,24 @@ mod tests {
             for r in 0..rows {
                 for k in 0..gpr {
                     let grp = &w[r * cols + k * g..r * cols + (k + 1) * g];
-                    let (s, z) = scheme.group_params(grp);
+                    let (s, mn) = scheme.group_params(grp);
                     assert_eq!(s, m.scales()[r * gpr + k]);
                     if scheme.is_asymmetric() {
-                        assert_eq!(z, m.zeros()[r * gpr + k]);
+                        assert_eq!(mn, m.mins()[r * gpr + k]);
+                    } else {
+                        assert_eq!(mn, 0.0);
                     }
                     for (c, &v) in grp.iter().enumerate() {
-                        assert_eq!(Some(scheme.quantize_value(v, s, z)), m.code(r, k * g + c));
-                        assert_eq!(scheme.fake_quantize(v, s, z), deq[r * cols + k * g + c]);
+                        assert_eq!(Some(scheme.quantize_value(v, s, mn)), m.code(r, k * g + c));
+                        assert_eq!(scheme.fake_quantize(v, s, mn), deq[r * cols + k * g + c]);
                     }
                 }
             }
-            if !scheme.is_asymmetric() {
-                let again = QuantizedMatrix::quantize_rtn(&deq, rows, cols, scheme).unwrap();
-                assert_eq!(again.codes(), m.codes(), "{scheme}");
-            }
+            // The dequantized weights are on the grid RTN finds again (for
+            // asym, its minimum exactly and its scale up to `f32` rounding).
+            let again = QuantizedMatrix::quantize_rtn(&deq, rows, cols, scheme).unwrap();
+            assert_eq!(again.codes(), m.codes(), "{scheme}");
+            assert_eq!(again.mins(), m.mins(), "{scheme}");
         }
     }
 
@@ -727,31 +828,43 @@ mod tests {
     #[test]
     fn parts_are_validated() {
         let s = Scheme::Int4Asym { group_size: 32 };
-        assert!(
-            QuantizedMatrix::from_parts(2, 64, s, vec![0; 64], vec![0.0; 4], vec![0; 4]).is_ok()
-        );
-        assert!(
-            QuantizedMatrix::from_parts(2, 64, s, vec![0; 63], vec![0.0; 4], vec![0; 4]).is_err()
-        );
-        assert!(
-            QuantizedMatrix::from_parts(2, 64, s, vec![0; 64], vec![0.0; 3], vec![0; 4]).is_err()
-        );
-        assert!(
-            QuantizedMatrix::from_parts(2, 64, s, vec![0; 64], vec![0.0; 4], vec![0; 3]).is_err()
-        );
-        assert!(
-            QuantizedMatrix::from_parts(2, 64, s, vec![0; 64], vec![0.0; 4], vec![0, 16, 0, 0])
-                .is_err()
-        );
+        let parts = |d: usize, sc: usize, mins: Vec<f32>| {
+            QuantizedMatrix::from_parts(2, 64, s, vec![0; d], vec![0.0; sc], mins)
+        };
+        assert!(parts(64, 4, vec![0.0; 4]).is_ok());
+        assert!(parts(63, 4, vec![0.0; 4]).is_err());
+        assert!(parts(64, 3, vec![0.0; 4]).is_err());
+        assert!(parts(64, 4, vec![0.0; 3]).is_err());
+        // Minima must be finite; the error says where and why.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = parts(64, 4, vec![0.0, -1.5, 0.0, bad]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    QuantError::NonFiniteMin {
+                        row: 1,
+                        group: 1,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("minim") && msg.contains("finite"), "{msg}");
+        }
         let sym = Scheme::Int4Sym { group_size: 32 };
         assert!(
-            QuantizedMatrix::from_parts(2, 64, sym, vec![0; 64], vec![0.0; 4], vec![0; 4]).is_err()
+            QuantizedMatrix::from_parts(2, 64, sym, vec![0; 64], vec![0.0; 4], vec![0.0; 4])
+                .is_err()
         );
         assert!(QuantizedMatrix::from_codes(1, 32, sym, &[-9; 32], vec![1.0], vec![]).is_err());
         assert!(QuantizedMatrix::from_codes(1, 32, sym, &[-8; 32], vec![1.0], vec![]).is_ok());
-        assert!(QuantizedMatrix::from_codes(1, 32, s, &[-1; 32], vec![1.0], vec![0]).is_err());
-        assert!(QuantizedMatrix::from_codes(1, 32, s, &[15; 32], vec![1.0], vec![0]).is_ok());
-        assert!(QuantizedMatrix::from_codes(1, 32, s, &[15; 31], vec![1.0], vec![0]).is_err());
+        assert!(QuantizedMatrix::from_codes(1, 32, s, &[-1; 32], vec![1.0], vec![0.0]).is_err());
+        assert!(QuantizedMatrix::from_codes(1, 32, s, &[15; 32], vec![1.0], vec![0.5]).is_ok());
+        assert!(QuantizedMatrix::from_codes(1, 32, s, &[15; 31], vec![1.0], vec![0.0]).is_err());
+        assert!(
+            QuantizedMatrix::from_codes(1, 32, s, &[15; 32], vec![1.0], vec![f32::NAN]).is_err()
+        );
         let m = QuantizedMatrix::from_codes(
             1,
             4,

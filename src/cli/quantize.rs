@@ -35,7 +35,7 @@ pub struct QuantizeSettings {
     /// int8, int4-g32, int4-g64, int4-g128, q8_0, q4_0 or q4_1.
     #[arg(long)]
     pub scheme: String,
-    /// Asymmetric int4 (a zero point per group). Default false.
+    /// Asymmetric int4 (an f32 minimum per group). Default false.
     #[arg(long)]
     pub asym: bool,
     /// rtn, gptq, awq or awq+gptq. Default rtn.

@@ -3,9 +3,9 @@
 //!
 //! * int8 and `Q8_0` codes are made unsigned by flipping the sign bit
 //!   (`w + 128`); the lane offsets of [`XQuant`] subtract `128 · Σq` again.
-//! * Nibbles are already unsigned; symmetric formats subtract `8 · Σq`
-//!   (precomputed per lane), asymmetric int4 `zero · Σq`; `Q4_1` also
-//!   centres its codes on 8 and adds `(m + 8d) · Σx` per block.
+//! * Nibbles are already unsigned; every 4-bit format subtracts `8 · Σq`
+//!   (precomputed per lane), i.e. takes its codes centred on 8; `Q4_1` and
+//!   asymmetric int4 also add `(m + 8d) · Σx` per block or group.
 //! * One 32-bit lane sums 4 (int8) or 8 (int4) products of a single
 //!   32-block, so the per-block scales are applied lane-wise in `f32` and
 //!   the lanes are reduced once per row.
@@ -16,6 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::View;
+use super::portable::asym_offsets;
 use super::xq::XQuant;
 use crate::gguf::QK;
 
@@ -60,15 +61,15 @@ pub(crate) unsafe fn rows(view: View<'_>, cols: usize, xq: &XQuant, r0: usize, y
             View::Int4 {
                 data,
                 scales,
-                zeros,
+                mins,
                 group,
-            } => match (group, zeros.is_empty()) {
-                (32, true) => int4_rows::<32, false>(data, scales, zeros, cols, xq, r0, y),
-                (64, true) => int4_rows::<64, false>(data, scales, zeros, cols, xq, r0, y),
-                (128, true) => int4_rows::<128, false>(data, scales, zeros, cols, xq, r0, y),
-                (32, false) => int4_rows::<32, true>(data, scales, zeros, cols, xq, r0, y),
-                (64, false) => int4_rows::<64, true>(data, scales, zeros, cols, xq, r0, y),
-                _ => int4_rows::<128, true>(data, scales, zeros, cols, xq, r0, y),
+            } => match (group, mins.is_empty()) {
+                (32, true) => int4_rows::<32, false>(data, scales, mins, cols, xq, r0, y),
+                (64, true) => int4_rows::<64, false>(data, scales, mins, cols, xq, r0, y),
+                (128, true) => int4_rows::<128, false>(data, scales, mins, cols, xq, r0, y),
+                (32, false) => int4_rows::<32, true>(data, scales, mins, cols, xq, r0, y),
+                (64, false) => int4_rows::<64, true>(data, scales, mins, cols, xq, r0, y),
+                _ => int4_rows::<128, true>(data, scales, mins, cols, xq, r0, y),
             },
             View::Q8_0(data) => q8_0_rows(data, cols, xq, r0, y),
             View::Q4_0(data) => q4_rows::<18, 2, false>(data, cols, xq, r0, y),
@@ -132,22 +133,21 @@ unsafe fn int8_rows(
     }
 }
 
-/// One 128-value (4-block) step of an int4 row in the crate's layout.
+/// One 128-value (4-block) step of an int4 row in the crate's layout:
+/// `Σ (n - 8)·q` per lane, scaled by the lanes' `dx` and group scale.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn int4_step<const ASYM: bool>(
+unsafe fn int4_step(
     acc: __m512,
     w: __m512i,
     s: *const f32,
-    z: *const u8,
     gmask: u16,
     idx: __m512i,
     c: usize,
     xq: &XQuant,
 ) -> __m512 {
-    // SAFETY: `s`/`z` point at the chunk's groups (masked by `gmask`), `xq`
-    // is padded past every chunk.
+    // SAFETY: `s` points at the chunk's groups (masked by `gmask`), `xq` is
+    // padded past every chunk.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0f);
         let lo = _mm512_and_si512(w, m4);
@@ -156,26 +156,21 @@ unsafe fn int4_step<const ASYM: bool>(
         let xlo = _mm512_loadu_si512(xp.cast());
         let xhi = _mm512_loadu_si512(xp.add(64).cast());
         let off = _mm512_loadu_si512(xq.lane_off.as_ptr().add(16 * c).cast());
-        let init = if ASYM {
-            let zb = _mm_maskz_loadu_epi8(gmask, z.cast());
-            let zl = _mm512_permutexvar_epi32(idx, _mm512_cvtepu8_epi32(zb));
-            _mm512_mullo_epi32(zl, off)
-        } else {
-            off
-        };
-        let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, xlo), hi, xhi);
+        let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(off, lo, xlo), hi, xhi);
         let sv = _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(gmask, s));
         let dx = _mm512_loadu_ps(xq.dx_lane.as_ptr().add(16 * c));
         _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), dx), sv, acc)
     }
 }
 
+/// int4 rows; asymmetric ones (`ASYM`) add `(m + 8s)·Σx` per group
+/// ([`asym_offsets`]) to the centred products.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn int4_rows<const G: usize, const ASYM: bool>(
     data: &[u8],
     scales: &[f32],
-    zeros: &[u8],
+    mins: &[f32],
     cols: usize,
     xq: &XQuant,
     r0: usize,
@@ -197,12 +192,11 @@ unsafe fn int4_rows<const G: usize, const ASYM: bool>(
     for (i, yr) in y.iter_mut().enumerate() {
         let r = r0 + i;
         debug_assert!((r + 1) * rb <= data.len() && (r + 1) * gpr <= scales.len());
-        // SAFETY: the row's bytes, scales and zeros lie inside the slices;
-        // the tail is masked.
+        // SAFETY: the row's bytes and scales lie inside the slices; the tail
+        // is masked.
         unsafe {
             let w = data.as_ptr().add(r * rb);
             let s = scales.as_ptr().add(r * gpr);
-            let z = zeros.as_ptr().add(r * gpr * ASYM as usize);
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
             let mut c = 0;
@@ -210,56 +204,26 @@ unsafe fn int4_rows<const G: usize, const ASYM: bool>(
                 prefetch(w.add(64 * c), PF, 2);
                 let w0 = _mm512_loadu_si512(w.add(64 * c).cast());
                 let w1 = _mm512_loadu_si512(w.add(64 * c + 64).cast());
-                a0 = int4_step::<ASYM>(
-                    a0,
-                    w0,
-                    s.add(c * gpc),
-                    z.add(c * gpc * ASYM as usize),
-                    gfull,
-                    idx,
-                    c,
-                    xq,
-                );
-                a1 = int4_step::<ASYM>(
-                    a1,
-                    w1,
-                    s.add(c * gpc + gpc),
-                    z.add((c + 1) * gpc * ASYM as usize),
-                    gfull,
-                    idx,
-                    c + 1,
-                    xq,
-                );
+                a0 = int4_step(a0, w0, s.add(c * gpc), gfull, idx, c, xq);
+                a1 = int4_step(a1, w1, s.add(c * gpc + gpc), gfull, idx, c + 1, xq);
                 c += 2;
             }
             if c < full {
                 let w0 = _mm512_loadu_si512(w.add(64 * c).cast());
-                a0 = int4_step::<ASYM>(
-                    a0,
-                    w0,
-                    s.add(c * gpc),
-                    z.add(c * gpc * ASYM as usize),
-                    gfull,
-                    idx,
-                    c,
-                    xq,
-                );
+                a0 = int4_step(a0, w0, s.add(c * gpc), gfull, idx, c, xq);
                 c += 1;
             }
             if tail > 0 {
                 let wt = _mm512_maskz_loadu_epi8(wmask, w.add(64 * c).cast());
-                a1 = int4_step::<ASYM>(
-                    a1,
-                    wt,
-                    s.add(c * gpc),
-                    z.add(c * gpc * ASYM as usize),
-                    gtail,
-                    idx,
-                    c,
-                    xq,
-                );
+                a1 = int4_step(a1, wt, s.add(c * gpc), gtail, idx, c, xq);
             }
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            let offsets = if ASYM {
+                let row = r * gpr..(r + 1) * gpr;
+                asym_offsets::<G>(&scales[row.clone()], &mins[row], &xq.fsum)
+            } else {
+                0.0
+            };
+            *yr = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets;
         }
     }
 }

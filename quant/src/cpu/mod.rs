@@ -26,8 +26,9 @@
 //! On random data the relative RMS error `‖y - y_ref‖ / ‖y_ref‖` is about
 //! 0.5 %: the same order as rounding the weights to int8, and well below
 //! int4's weight error (this is llama.cpp's `Q8_0` activation trick).
-//! (`Q4_1` takes its codes around the
-//! block centre `m + 8d`, so its bound has `|ŵ_j - m - 8d|` for `|ŵ_j|`.)
+//! (`Q4_1` and asymmetric int4 take their codes around the group centre
+//! `m + 8d` (`d` the step, `m` the minimum) and add `(m + 8d)·Σx` exactly,
+//! so their bound has `|ŵ_j - m - 8d|` for `|ŵ_j|`.)
 //! The integer parts are exact, so every instruction set gives the same
 //! result up to `f32` rounding. [`matmul`] with more than [`SMALL_BATCH`]
 //! tokens multiplies the exactly dequantized weights with the exact `x`, so
@@ -140,11 +141,11 @@ impl Isa {
 pub(crate) enum View<'a> {
     /// int8 per channel: `rows * cols` codes, `rows` scales.
     Int8 { data: &'a [u8], scales: &'a [f32] },
-    /// int4, the crate's layout; `zeros` empty for symmetric.
+    /// int4, the crate's layout; `mins` empty for symmetric.
     Int4 {
         data: &'a [u8],
         scales: &'a [f32],
-        zeros: &'a [u8],
+        mins: &'a [f32],
         group: usize,
     },
     /// GGUF `Q8_0` rows.
@@ -168,7 +169,7 @@ impl<'a> View<'a> {
                 Scheme::Int4Sym { group_size } | Scheme::Int4Asym { group_size } => View::Int4 {
                     data: m.data(),
                     scales: m.scales(),
-                    zeros: m.zeros(),
+                    mins: m.mins(),
                     group: group_size,
                 },
             },
@@ -191,8 +192,8 @@ impl<'a> View<'a> {
     fn x_layout(self) -> (Order, i32) {
         match self {
             View::Int8 { .. } | View::Q8_0(_) => (Order::Natural, 128),
-            View::Int4 { zeros: [], .. } => (Order::Pairs, 8),
-            View::Int4 { .. } => (Order::Pairs, 1),
+            // Asymmetric codes are centred on 8 too (its minimum is added apart).
+            View::Int4 { .. } => (Order::Pairs, 8),
             View::Q4_0(_) | View::Q4_1(_) => (Order::Halves, 8),
         }
     }

@@ -56,13 +56,13 @@ macro_rules! kernel_set {
             unsafe fn int4<const G: usize, const ASYM: bool>(
                 data: &[u8],
                 scales: &[f32],
-                zeros: &[u8],
+                mins: &[f32],
                 cols: usize,
                 xq: &XQuant,
                 r0: usize,
                 y: &mut [f32],
             ) {
-                int4_rows::<G, ASYM>(data, scales, zeros, cols, xq, r0, y)
+                int4_rows::<G, ASYM>(data, scales, mins, cols, xq, r0, y)
             }
 
             $(#[$tf])*
@@ -90,13 +90,13 @@ macro_rules! kernel_set {
                 unsafe {
                     match view {
                         View::Int8 { data, scales } => int8(data, scales, cols, xq, r0, y),
-                        View::Int4 { data, scales, zeros, group } => match (group, zeros.is_empty()) {
-                            (32, true) => int4::<32, false>(data, scales, zeros, cols, xq, r0, y),
-                            (64, true) => int4::<64, false>(data, scales, zeros, cols, xq, r0, y),
-                            (128, true) => int4::<128, false>(data, scales, zeros, cols, xq, r0, y),
-                            (32, false) => int4::<32, true>(data, scales, zeros, cols, xq, r0, y),
-                            (64, false) => int4::<64, true>(data, scales, zeros, cols, xq, r0, y),
-                            _ => int4::<128, true>(data, scales, zeros, cols, xq, r0, y),
+                        View::Int4 { data, scales, mins, group } => match (group, mins.is_empty()) {
+                            (32, true) => int4::<32, false>(data, scales, mins, cols, xq, r0, y),
+                            (64, true) => int4::<64, false>(data, scales, mins, cols, xq, r0, y),
+                            (128, true) => int4::<128, false>(data, scales, mins, cols, xq, r0, y),
+                            (32, false) => int4::<32, true>(data, scales, mins, cols, xq, r0, y),
+                            (64, false) => int4::<64, true>(data, scales, mins, cols, xq, r0, y),
+                            _ => int4::<128, true>(data, scales, mins, cols, xq, r0, y),
                         },
                         View::Q8_0(data) => q8_0(data, cols, xq, r0, y),
                         View::Q4_0(data) => q4_0(data, cols, xq, r0, y),
@@ -211,12 +211,17 @@ fn accumulate(acc: &mut [f32; 16], p: &[i16; 16], sc: f32) {
     }
 }
 
+/// int4 rows in the crate's layout. Symmetric: `w = s·(n - 8)` for nibble
+/// `n`. Asymmetric: `w = s·n + m = s·(n - 8) + (m + 8s)`, so the same
+/// integer products (codes centred on 8, which halves the error from
+/// rounding `x`, as for `Q4_1`) plus `(m + 8s)·Σx` per group
+/// ([`asym_offsets`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn int4_rows<const G: usize, const ASYM: bool>(
     data: &[u8],
     scales: &[f32],
-    zeros: &[u8],
+    mins: &[f32],
     cols: usize,
     xq: &XQuant,
     r0: usize,
@@ -228,23 +233,43 @@ fn int4_rows<const G: usize, const ASYM: bool>(
         let r = r0 + i;
         let w = &data[r * rb..(r + 1) * rb];
         let s = &scales[r * gpr..(r + 1) * gpr];
-        let z = if ASYM {
-            &zeros[r * gpr..(r + 1) * gpr]
-        } else {
-            &[][..]
-        };
         let mut acc = [0f32; 16];
         for (b, (wb, xl, xh)) in nibble_blocks::<16>(w, xq).enumerate() {
             let g = b / (G / QK);
-            let zero = if ASYM { z[g] as i16 } else { 8 };
             accumulate(
                 &mut acc,
-                &nibble_products(nibbles(wb, 0), xl, xh, zero),
+                &nibble_products(nibbles(wb, 0), xl, xh, 8),
                 s[g] * xq.dx[b],
             );
         }
-        *yr = acc.iter().sum();
+        let offsets = if ASYM {
+            asym_offsets::<G>(s, &mins[r * gpr..(r + 1) * gpr], &xq.fsum)
+        } else {
+            0.0
+        };
+        *yr = acc.iter().sum::<f32>() + offsets;
     }
+}
+
+/// `Σ_g (m_g + 8·s_g) · Σ_{j ∈ g} x_j` over one asymmetric int4 row's
+/// groups (`scales`, `mins`), with `fsum` the exact `Σ x` of each 32-block:
+/// the part of `Σ_j (s·n_j + m)·x_j` the centred integer products leave out.
+/// One term per group (`cols / G` per row, against `cols` products), in 8
+/// partial sums.
+#[inline(always)]
+pub(crate) fn asym_offsets<const G: usize>(scales: &[f32], mins: &[f32], fsum: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    for (k, ((&s, &m), f)) in scales
+        .iter()
+        .zip(mins)
+        .zip(fsum.chunks_exact(G / QK))
+        .enumerate()
+    {
+        let xs: f32 = f.iter().sum();
+        acc[k % L] += (m + 8.0 * s) * xs;
+    }
+    acc.iter().sum()
 }
 
 #[inline(always)]
@@ -378,7 +403,7 @@ pub(crate) fn dequantize_rows(view: View<'_>, cols: usize, r0: usize, out: &mut 
             View::Int4 {
                 data,
                 scales,
-                zeros,
+                mins,
                 group,
             } => {
                 let rb = cols / 2;
@@ -390,14 +415,18 @@ pub(crate) fn dequantize_rows(view: View<'_>, cols: usize, r0: usize, out: &mut 
                     .enumerate()
                 {
                     let s = scales[r * gpr + g];
-                    let z = if zeros.is_empty() {
-                        8
+                    if mins.is_empty() {
+                        for (&b, p) in wg.iter().zip(og.chunks_exact_mut(2)) {
+                            p[0] = ((b & 0x0f) as i32 - 8) as f32 * s;
+                            p[1] = ((b >> 4) as i32 - 8) as f32 * s;
+                        }
                     } else {
-                        zeros[r * gpr + g] as i32
-                    };
-                    for (&b, p) in wg.iter().zip(og.chunks_exact_mut(2)) {
-                        p[0] = ((b & 0x0f) as i32 - z) as f32 * s;
-                        p[1] = ((b >> 4) as i32 - z) as f32 * s;
+                        // `q * scale + min`, as `int4::dequantize_asym`.
+                        let m = mins[r * gpr + g];
+                        for (&b, p) in wg.iter().zip(og.chunks_exact_mut(2)) {
+                            p[0] = (b & 0x0f) as f32 * s + m;
+                            p[1] = (b >> 4) as f32 * s + m;
+                        }
                     }
                 }
             }

@@ -5,7 +5,8 @@
 //! int8 grid, `Δ_b = max_{j∈b}|x_j| / 127` per block `b` of 32):
 //!
 //! * `matvec` vs a model of its arithmetic (`Σ_j (ŵ_j - c_b) x̃_j + c_b Σ_j x_j`
-//!   in `f64`, where `c_b = m_b + 8 d_b` for `Q4_1` and 0 otherwise):
+//!   in `f64`, where `c_b = m_b + 8 d_b` for `Q4_1` and asymmetric int4 (the
+//!   block's or group's minimum and step) and 0 otherwise):
 //!   `|y - y_model| <= 2e-5 · Σ_j|ŵ_j x̃_j| + 1e-6` (pure `f32` rounding: the
 //!   integer parts are exact).
 //! * `matvec` vs `reference::matvec`/`ggml_matvec` (dequantize, exact-input
@@ -93,11 +94,24 @@ fn reference_matvec(w: &PackedMatrix, x: &[f32]) -> Vec<f32> {
     }
 }
 
-/// The centre `m + 8d` the kernels take `Q4_1` block `b` of row `r` around.
-fn q4_1_centre(m: &GgmlMatrix, r: usize, b: usize) -> f32 {
-    let row = m.row(r).unwrap();
-    let f = |i: usize| half::f16::from_le_bytes([row[20 * b + i], row[20 * b + i + 1]]).to_f32();
-    f(2) + 8.0 * f(0)
+/// The centre `m + 8d` the kernels take block `b` of row `r` around: `Q4_1`'s
+/// and asymmetric int4's (of the block's group); `None` for the other formats.
+fn centre(w: &PackedMatrix, r: usize, b: usize) -> Option<f32> {
+    match w {
+        PackedMatrix::Ggml(m) if m.ty() == GgmlType::Q4_1 => {
+            let row = m.row(r).unwrap();
+            let f = |i: usize| {
+                half::f16::from_le_bytes([row[20 * b + i], row[20 * b + i + 1]]).to_f32()
+            };
+            Some(f(2) + 8.0 * f(0))
+        }
+        PackedMatrix::Int(m) if m.scheme().is_asymmetric() => {
+            let (cols, g) = (m.cols(), m.scheme().group_size(m.cols()));
+            let k = r * (cols / g) + b * QK / g;
+            Some(m.mins()[k] + 8.0 * m.scales()[k])
+        }
+        _ => None,
+    }
 }
 
 /// Checks `y` (from `matvec`) against its arithmetic model and the reference.
@@ -106,10 +120,6 @@ fn check_matvec(w: &PackedMatrix, x: &[f32], y: &[f32], what: &str) {
     let deq = w.dequantize();
     let y_ref = reference_matvec(w, x);
     let (deltas, xt) = x_grid(x);
-    let q4_1 = match w {
-        PackedMatrix::Ggml(m) if m.ty() == GgmlType::Q4_1 => Some(m),
-        _ => None,
-    };
     for r in 0..rows {
         let row = &deq[r * cols..(r + 1) * cols];
         let (mut model, mut mag_t, mut mag, mut grid_err) = (0f64, 0f64, 0f64, 0f64);
@@ -119,7 +129,7 @@ fn check_matvec(w: &PackedMatrix, x: &[f32], y: &[f32], what: &str) {
             .zip(xt.chunks(QK))
             .enumerate()
         {
-            let m = q4_1.map_or(0.0, |q| q4_1_centre(q, r, b)) as f64;
+            let m = centre(w, r, b).unwrap_or(0.0) as f64;
             for ((&wv, &xv), &tv) in wb.iter().zip(xb).zip(xtb) {
                 model += (wv as f64 - m) * tv as f64 + m * xv as f64;
                 mag_t += (wv as f64 * tv as f64).abs();
@@ -197,7 +207,8 @@ fn int8_matvec_odd_column_counts() {
 }
 
 /// Codes at the ends of every range (int8 -128, int4 sym nibble 0 = -8,
-/// asym 0 and 15, GGUF nibbles 0 and 15) and inputs of ±127 codes.
+/// asym 0 and 15 with minima on either side of 0, GGUF nibbles 0 and 15)
+/// and inputs of ±127 codes.
 #[test]
 fn extreme_codes() {
     let (rows, cols) = (5, 256);
@@ -218,12 +229,14 @@ fn extreme_codes() {
                 .collect();
             let gpr = scheme.groups_per_row(cols);
             let scales = vec![0.5; rows * gpr];
-            let zeros = if scheme.is_asymmetric() {
-                (0..rows * gpr).map(|i| (i * 5 % 16) as u8).collect()
+            let mins = if scheme.is_asymmetric() {
+                (0..rows * gpr)
+                    .map(|i| ((i * 5 % 16) as f32 - 9.0) * 0.75)
+                    .collect()
             } else {
                 vec![]
             };
-            let m = crate::QuantizedMatrix::from_codes(rows, cols, scheme, &codes, scales, zeros)
+            let m = crate::QuantizedMatrix::from_codes(rows, cols, scheme, &codes, scales, mins)
                 .unwrap();
             let w = PackedMatrix::Int(m);
             let mut y = vec![0.0; rows];
@@ -246,6 +259,34 @@ fn extreme_codes() {
             let mut y = vec![0.0; rows];
             matvec_with(isa, &w, &x, &mut y).unwrap();
             check_matvec(&w, &x, &y, &format!("{ty} extremes {isa:?}"));
+        }
+    }
+}
+
+/// Affine grids (asymmetric int4, `Q4_1`) on rows whose groups sit away from
+/// 0 (all positive or all negative, a large minimum against a small step):
+/// the minimum's part `(m + 8d)·Σx` carries most of each product.
+#[test]
+fn affine_groups_away_from_zero() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (rows, cols) in [(19, 576), (5, 384)] {
+        let mut wf = random(&mut rng, rows * cols, 0.05);
+        for (r, row) in wf.chunks_mut(cols).enumerate() {
+            let shift = [0.6, -0.4, 2.0, -3.0, 0.0][r % 5];
+            row.iter_mut().for_each(|v| *v += shift);
+        }
+        let x = input(&mut rng, cols);
+        for f in ["int4-asym-g32", "int4-asym-g64", "int4-asym-g128", "q4_1"] {
+            let f: crate::Format = f.parse().unwrap();
+            if f.validate(cols).is_err() {
+                continue;
+            }
+            let w = PackedMatrix::quantize_rtn(&wf, rows, cols, f).unwrap();
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; rows];
+                matvec_with(isa, &w, &x, &mut y).unwrap();
+                check_matvec(&w, &x, &y, &format!("{f} shifted {rows}x{cols} {isa:?}"));
+            }
         }
     }
 }

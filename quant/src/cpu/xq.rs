@@ -45,7 +45,8 @@ pub(crate) struct XQuant {
     pub q: Vec<i8>,
     /// Scale of each block (0 for padding).
     pub dx: Vec<f32>,
-    /// `Σ x` over each block, in `f32` (for `Q4_1`'s minimum).
+    /// `Σ x` over each block, in `f32` (for the minima of `Q4_1` and
+    /// asymmetric int4).
     pub fsum: Vec<f32>,
     /// Per 32-bit lane of the AVX-512 kernels: `-k · Σ` of the codes the lane
     /// multiplies (4 for [`Order::Natural`], 8 for the nibble orders).
@@ -57,7 +58,7 @@ pub(crate) struct XQuant {
 impl XQuant {
     /// Quantizes `x` for a layout of `order`; `k` is the offset the lane
     /// sums are multiplied by (128 for int8 codes stored `+128`, 8 for
-    /// symmetric nibbles, 1 for zero points, 0 if unused).
+    /// nibbles centred on 8, 0 if unused).
     #[inline(always)]
     pub(crate) fn build(x: &[f32], order: Order, k: i32) -> XQuant {
         let padded = x.len().div_ceil(PAD).max(1) * PAD;

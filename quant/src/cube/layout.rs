@@ -117,11 +117,9 @@ impl HostPacked {
                     }
                 }
                 Scheme::Int4Asym { .. } => {
+                    // Nibble q, value s·q + min: the offset is the minimum.
                     pack_le_words(data, codes);
-                    let z = &q.zeros()[r * gpr..(r + 1) * gpr];
-                    for ((o, &s), &z) in offsets.iter_mut().zip(s).zip(z) {
-                        *o = -(z as f32) * s;
-                    }
+                    offsets.copy_from_slice(&q.mins()[r * gpr..(r + 1) * gpr]);
                 }
             }
         })
@@ -233,9 +231,13 @@ mod tests {
             for r in 0..rows {
                 let got = h.dequantize_row(r);
                 for (c, (a, b)) in got.iter().zip(&want[r * cols..]).enumerate() {
-                    // s·u + o against s·(u − z): a rounding or two apart at most.
+                    // s·u + o against s·(u − 8) and the like: a rounding or two
+                    // apart at most (the affine int4-asym and Q4_1: equal).
                     let tol = 4.0 * f32::EPSILON * (1.0 + b.abs()) * 128.0;
                     assert!((a - b).abs() <= tol, "{f} ({r}, {c}): {a} vs {b}");
+                    if matches!(f, Format::Int(Scheme::Int4Asym { .. })) {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{f} ({r}, {c})");
+                    }
                 }
             }
         }

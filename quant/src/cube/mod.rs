@@ -29,7 +29,7 @@
 //! |-----------------|-----|--------|-----------------------------|---------|-----------|
 //! | int8            | 8   | `cols` | `q + 128` (sign bit flipped) | scale  | `−128·s`  |
 //! | int4 sym        | 4   | 32/64/128 | nibble `q + 8`           | scale   | `−8·s`    |
-//! | int4 asym       | 4   | 32/64/128 | nibble `q`               | scale   | `−z·s`    |
+//! | int4 asym       | 4   | 32/64/128 | nibble `q`               | scale   | min       |
 //! | Q8_0            | 8   | 32     | `q + 128`                   | `d`     | `−128·d`  |
 //! | Q4_0            | 4   | 32     | nibble `n`                  | `d`     | `−8·d`    |
 //! | Q4_1            | 4   | 32     | nibble `n`                  | `d`     | `m`       |
@@ -37,9 +37,11 @@
 //! GGUF's `f16` `d` and `m` are widened to `f32` (exactly), and its 4-bit
 //! blocks (low nibbles = first half) are reordered into input order. The
 //! result equals the format's own dequantization up to `f32` rounding
-//! (`s·u + o` against `s·(u − z)`). It costs 64 bits of scale and offset per
-//! group: 6 bits per weight for 4-bit groups of 32 (Q4_0 stores 4.5),
-//! 8.0–8.06 for int8 and Q8_0 (Q8_0 stores 8.5).
+//! (`s·u + o` against `s·(u − 8)` and the like; for the affine int4 asym
+//! and Q4_1, `s·u + o` is their own rule). It costs 64 bits of scale and
+//! offset per group: 6 bits per weight for 4-bit groups of 32 (as int4 asym
+//! stores them on the host; Q4_0 stores 4.5), 8.0–8.06 for int8 and Q8_0
+//! (Q8_0 stores 8.5).
 //!
 //! # Devices
 //!
