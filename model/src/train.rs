@@ -49,7 +49,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Checkpoint every this many steps (and at the end). Default 50.
     pub checkpoint_every: usize,
-    /// A loss above this multiple of its running mean stops the run as exploding. Default 4.
+    /// A loss above this multiple of its running mean, and above the first step's loss (so
+    /// worse than where the run started), stops the run as exploding; a loss that falls toward
+    /// 0, as a ranking loss does, may spike above the multiple and recover. Default 4.
     pub max_loss_ratio: f64,
     /// Seed of initialization and data order. Default 42.
     pub seed: u64,
@@ -453,11 +455,13 @@ where
         let step = state.step;
         let (grads, loss) = step_gradients(&model, task, config, step);
         let mean = state.loss_mean.unwrap_or(loss);
+        let first = state.history.first().map_or(loss, |p| p.train);
         let diverged = if !loss.is_finite() {
             Some("not finite".to_string())
-        } else if step >= config.warmup_steps && loss > config.max_loss_ratio * mean {
+        } else if step >= config.warmup_steps && loss > config.max_loss_ratio * mean && loss > first
+        {
             Some(format!(
-                "above {}× the running mean {mean:.4}",
+                "above {}× the running mean {mean:.4} and the first step's {first:.4}",
                 config.max_loss_ratio
             ))
         } else {
@@ -534,6 +538,80 @@ mod tests {
         assert!((c.lr_at(10) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(100) - 0.1).abs() < 1e-12);
         assert!(c.lr_at(50) < c.lr_at(20));
+    }
+
+    /// One parameter the losses do not depend on: the loop runs, the losses are scripted.
+    #[derive(Module, Debug)]
+    struct Constant {
+        w: Param<Tensor<1>>,
+    }
+
+    /// Training losses read from a list, by batch index.
+    struct Scripted(Vec<f32>);
+
+    impl TrainTask<Constant> for Scripted {
+        fn train_loss(&mut self, model: &Constant, index: usize) -> Tensor<1> {
+            let w = model.w.val();
+            let value = Tensor::<1>::from_floats([self.0[index]], &w.device());
+            w.sum() * 0.0 + value
+        }
+
+        fn valid_batches(&self) -> usize {
+            0
+        }
+
+        fn valid_loss(&mut self, _: &Constant, _: usize) -> Tensor<1> {
+            unreachable!("no validation batches")
+        }
+    }
+
+    /// Runs the scripted losses through the loop; the error text if it stopped.
+    fn run_losses(losses: &[f32]) -> Option<String> {
+        let device = Device::flex().autodiff();
+        let model = Constant {
+            w: Param::from_tensor(Tensor::<1>::zeros([1], &device)),
+        };
+        let config = TrainConfig {
+            steps: losses.len(),
+            batch_size: 1,
+            warmup_steps: 0,
+            eval_every: 0,
+            checkpoint_every: 1000,
+            ..TrainConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let control = TrainControl {
+            resume: false,
+            stop_after: None,
+            quiet: true,
+        };
+        train(
+            model,
+            &mut Scripted(losses.to_vec()),
+            &config,
+            dir.path(),
+            &control,
+        )
+        .err()
+        .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_spike_below_the_first_loss_is_not_divergence() {
+        // A ranking loss falling from ln 2 toward 0: 0.3 is 4.6× the running mean of about
+        // 0.065 but below the first step's 0.69, so the run goes on.
+        let mut losses = vec![0.69, 0.2, 0.1];
+        losses.extend([0.05; 20]);
+        losses.extend([0.3, 0.05]);
+        assert_eq!(run_losses(&losses), None);
+        // Above the first step's loss as well: stopped.
+        *losses.last_mut().unwrap() = 0.8;
+        let err = run_losses(&losses).expect("must stop");
+        assert!(err.contains("diverged at step 25"), "{err}");
+        assert!(err.contains("first step's 0.69"), "{err}");
+        // Not finite: stopped whatever the history.
+        losses[5] = f32::NAN;
+        assert!(run_losses(&losses).unwrap().contains("not finite"));
     }
 
     #[test]
