@@ -293,6 +293,22 @@ pub fn header_formats(header: &Value) -> Result<BTreeMap<String, (Format, [usize
 mod tests {
     use super::*;
 
+    /// [`decode`] reading the parts from `tensors`.
+    fn decode_from(
+        tensors: &[RawTensor],
+        name: &str,
+        format: Format,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, String> {
+        decode(name, format, rows, cols, |n| {
+            tensors
+                .iter()
+                .find(|t| t.name == n)
+                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
+        })
+    }
+
     #[test]
     fn encode_decode_round_trips_every_format() {
         let (rows, cols) = (6, 128);
@@ -302,13 +318,7 @@ mod tests {
         for f in Format::all() {
             let m = PackedMatrix::quantize_rtn(&w, rows, cols, f).unwrap();
             let tensors = encode("l.weight", &m);
-            let back = decode("l.weight", f, rows, cols, |n| {
-                tensors
-                    .iter()
-                    .find(|t| t.name == n)
-                    .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-            })
-            .unwrap();
+            let back = decode_from(&tensors, "l.weight", f, rows, cols).unwrap();
             assert_eq!(back, m, "{f}");
             let h = header(&[("l.weight".into(), &m)], &json!({"method": "rtn"}));
             let formats = header_formats(&h).unwrap();
@@ -348,23 +358,12 @@ mod tests {
                 .collect();
             assert_eq!(stored, q.mins());
             assert!(stored.iter().all(|&m| m != 0.0), "{stored:?}");
-            let back = decode("l.weight", f, rows, cols, |n| {
-                tensors
-                    .iter()
-                    .find(|t| t.name == n)
-                    .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-            })
-            .unwrap();
+            let back = decode_from(&tensors, "l.weight", f, rows, cols).unwrap();
             assert_eq!(back, m);
             // A non-finite minimum is refused, not read.
             let mut bad = tensors.clone();
             bad[2].bytes[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-            let err = decode("l.weight", f, rows, cols, |n| {
-                bad.iter()
-                    .find(|t| t.name == n)
-                    .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-            })
-            .unwrap_err();
+            let err = decode_from(&bad, "l.weight", f, rows, cols).unwrap_err();
             assert!(err.contains("l.weight") && err.contains("finite"), "{err}");
         }
     }
@@ -383,26 +382,14 @@ mod tests {
             shape: vec![rows, 2],
             bytes: vec![8; 4],
         };
-        let err = decode("w", f, rows, cols, |n| {
-            tensors
-                .iter()
-                .find(|t| t.name == n)
-                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-        })
-        .unwrap_err();
+        let err = decode_from(&tensors, "w", f, rows, cols).unwrap_err();
         assert!(
             err.contains("`w.zeros`") && err.contains("re-quantize"),
             "{err}"
         );
         // Neither `mins` nor `zeros`: simply missing.
         tensors.pop();
-        let err = decode("w", f, rows, cols, |n| {
-            tensors
-                .iter()
-                .find(|t| t.name == n)
-                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-        })
-        .unwrap_err();
+        let err = decode_from(&tensors, "w", f, rows, cols).unwrap_err();
         assert!(err.contains("w.mins") && err.contains("missing"), "{err}");
 
         let h = header(&[("w".into(), &m)], &Value::Null);
@@ -438,13 +425,7 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("w.scales") && err.contains("missing"), "{err}");
-        let err = decode("w", m.format(), 2, 64, |n| {
-            tensors
-                .iter()
-                .find(|t| t.name == n)
-                .map(|t| (t.dtype, t.shape.clone(), t.bytes.as_slice()))
-        })
-        .unwrap_err();
+        let err = decode_from(&tensors, "w", m.format(), 2, 64).unwrap_err();
         assert!(err.contains("shape"), "{err}");
     }
 }

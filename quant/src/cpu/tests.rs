@@ -114,6 +114,16 @@ fn centre(w: &PackedMatrix, r: usize, b: usize) -> Option<f32> {
     }
 }
 
+/// `matvec` of `w` with every instruction set this machine has, each checked by
+/// [`check_matvec`].
+fn check_every_isa(w: &PackedMatrix, x: &[f32], what: &str) {
+    for isa in Isa::available() {
+        let mut y = vec![f32::NAN; w.rows()];
+        matvec_with(isa, w, x, &mut y).unwrap();
+        check_matvec(w, x, &y, &format!("{what} {isa:?}"));
+    }
+}
+
 /// Checks `y` (from `matvec`) against its arithmetic model and the reference.
 fn check_matvec(w: &PackedMatrix, x: &[f32], y: &[f32], what: &str) {
     let (rows, cols) = (w.rows(), w.cols());
@@ -175,11 +185,7 @@ fn matvec_matches_reference_for_every_format_shape_and_isa() {
                 continue;
             }
             let w = PackedMatrix::quantize_rtn(&wf, rows, cols, f).unwrap();
-            for isa in Isa::available() {
-                let mut y = vec![f32::NAN; rows];
-                matvec_with(isa, &w, &x, &mut y).unwrap();
-                check_matvec(&w, &x, &y, &format!("{f} {rows}x{cols} {isa:?}"));
-            }
+            check_every_isa(&w, &x, &format!("{f} {rows}x{cols}"));
             let mut y = vec![0.0; rows];
             matvec(&w, &x, &mut y).unwrap();
             check_matvec(&w, &x, &y, &format!("{f} {rows}x{cols} best"));
@@ -282,11 +288,7 @@ fn affine_groups_away_from_zero() {
                 continue;
             }
             let w = PackedMatrix::quantize_rtn(&wf, rows, cols, f).unwrap();
-            for isa in Isa::available() {
-                let mut y = vec![f32::NAN; rows];
-                matvec_with(isa, &w, &x, &mut y).unwrap();
-                check_matvec(&w, &x, &y, &format!("{f} shifted {rows}x{cols} {isa:?}"));
-            }
+            check_every_isa(&w, &x, &format!("{f} shifted {rows}x{cols}"));
         }
     }
 }
