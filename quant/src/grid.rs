@@ -963,6 +963,15 @@ mod tests {
         }
     }
 
+    /// [`weights`] for an even `seed`, [`student_t`] for an odd one.
+    fn uniform_or_student_t(seed: u64, n: usize) -> Vec<f32> {
+        if seed.is_multiple_of(2) {
+            weights(seed, n)
+        } else {
+            student_t(seed, n)
+        }
+    }
+
     /// Student-t weights with 5 degrees of freedom (heavy tails, as trained
     /// weights), scale 0.02.
     fn student_t(seed: u64, n: usize) -> Vec<f32> {
@@ -1015,11 +1024,7 @@ mod tests {
                     norm,
                     ..ScaleSearch::default()
                 };
-                let w = if seed % 2 == 0 {
-                    weights(seed, 8 * cols)
-                } else {
-                    student_t(seed, 8 * cols)
-                };
+                let w = uniform_or_student_t(seed, 8 * cols);
                 for g in w.chunks(grid.group_size()) {
                     let want = grid.params_search(g, &search);
                     // A power of two scales every error exactly.
@@ -1044,11 +1049,7 @@ mod tests {
                 };
                 let (mut total_plain, mut total_weighted) = (0.0, 0.0);
                 for seed in 0..6 {
-                    let w = if seed % 2 == 0 {
-                        weights(seed, 8 * cols)
-                    } else {
-                        student_t(seed, 8 * cols)
-                    };
+                    let w = uniform_or_student_t(seed, 8 * cols);
                     let c = saliency(seed + 100, w.len());
                     let g = grid.group_size();
                     for (grp, c) in w.chunks(g).zip(c.chunks(g)) {
@@ -1181,11 +1182,7 @@ mod tests {
                 };
                 let (mut total_rtn, mut total_search) = (0.0, 0.0);
                 for seed in 0..6 {
-                    let w = if seed % 2 == 0 {
-                        weights(seed, 8 * cols)
-                    } else {
-                        student_t(seed, 8 * cols)
-                    };
+                    let w = uniform_or_student_t(seed, 8 * cols);
                     for g in w.chunks(grid.group_size()) {
                         let (p0, ps) = (grid.params(g), grid.params_search(g, &search));
                         let e0 = group_error(&grid, g, &p0, norm as f64);
@@ -1282,11 +1279,7 @@ mod tests {
                     norm,
                     ..ScaleSearch::default()
                 };
-                let w = if seed % 2 == 0 {
-                    weights(seed, 8 * cols)
-                } else {
-                    student_t(seed, 8 * cols)
-                };
+                let w = uniform_or_student_t(seed, 8 * cols);
                 for g in w.chunks(grid.group_size()) {
                     assert_eq!(
                         grid.search_fixed(g, Ones, &search, true),
