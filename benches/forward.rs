@@ -22,6 +22,7 @@ fn ids(n: usize, device: &Device) -> Tensor<2, Int> {
 }
 
 fn forward(c: &mut Criterion) {
+    distill_model::memory::keep_freed_memory();
     let device = Device::flex();
     let model = smollm2_shapes().init(&device, 0);
     let mut group = c.benchmark_group("smollm2_135m_flex");
@@ -53,6 +54,7 @@ fn forward(c: &mut Criterion) {
 
 /// One decoding step per iteration for each weight format; throughput in weight bytes read.
 fn decode_quantized(c: &mut Criterion) {
+    distill_model::memory::keep_freed_memory();
     use distill_student::quantize::{Method, QuantizeConfig, quantize_model};
     let device = Device::flex();
     let mut group = c.benchmark_group("smollm2_135m_decode");

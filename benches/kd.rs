@@ -30,6 +30,7 @@ fn windows() -> Vec<Vec<u32>> {
 }
 
 fn kd_step(c: &mut Criterion) {
+    distill_model::memory::keep_freed_memory();
     let plain = Device::flex();
     let device = plain.clone().autodiff();
     let teacher_config = LlamaConfig::llama(VOCAB, 384, 1024, 6, 6, 2);

@@ -38,6 +38,7 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 fn pretrain_step(c: &mut Criterion) {
+    distill_model::memory::keep_freed_memory();
     let device = Device::flex().autodiff();
     let train = TrainConfig {
         batch_size: BATCH,

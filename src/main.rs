@@ -56,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    distill_model::memory::keep_freed_memory();
     distill_model::device::pin_default_device_to_cpu();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("DISTILL_LOG").unwrap_or_else(|_| "info".into()))

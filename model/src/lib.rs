@@ -16,6 +16,7 @@ pub mod layout;
 pub mod llama;
 pub mod load;
 pub mod loss;
+pub mod memory;
 pub mod quantized;
 pub mod sample;
 pub mod tokenizer;

@@ -236,15 +236,27 @@ impl Linear {
     }
 }
 
-/// `x Wᵀ` for `W` `[out, in]` and `x` `[..., in]`, computed as `(W xᵀ)ᵀ` so the weight, the
-/// large operand, is read in its stored row-major order. (A transposed view of `W` as the right
-/// operand makes the CPU backend copy the whole matrix on every call: ~15× slower decoding.)
+/// Rows of `x` up to which [`weight_times`] computes `(W xᵀ)ᵀ` rather than `x Wᵀ`.
+const WEIGHT_FIRST_MAX_ROWS: usize = 16;
+
+/// `x Wᵀ` for `W` `[out, in]` and `x` `[..., in]`.
+///
+/// For a few rows (decoding) it is computed as `(W xᵀ)ᵀ`, so the weight, the large operand, is
+/// read in its stored row-major order: the product with a transposed view of `W` on the right
+/// reads it across rows, ~15× slower decoding. For many rows (prefill, training) `x Wᵀ` is
+/// right: the matrix product packs its operands either way, and its output is already in
+/// `x`'s row order, where `(W xᵀ)ᵀ` would need a transposing copy of the output forward and
+/// of the gradient backward.
 fn weight_times<const D: usize>(weight: Tensor<2>, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
     let out = weight.dims()[0];
     let x2 = x.reshape([rows, dims[D - 1]]);
-    let y = weight.matmul(x2.transpose()).transpose();
+    let y = if rows <= WEIGHT_FIRST_MAX_ROWS {
+        weight.matmul(x2.transpose()).transpose()
+    } else {
+        x2.matmul(weight.transpose())
+    };
     let mut shape = dims;
     shape[D - 1] = out;
     y.reshape(shape)
