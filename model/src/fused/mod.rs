@@ -2,6 +2,7 @@
 //!
 //! burn composes cross-entropy, softmax, SiLU, RMSNorm and RoPE from elementwise operations: a
 //! dozen passes over the tensor forward and backward, each single-threaded with a scalar `exp`.
+//! The top-k forward KL of distillation is the same story over the vocabulary.
 //! On [`Flex`] (burn's CPU backend) these operations take one to three passes, rows in parallel
 //! (rayon), vectorized ([`simd`]); on the other backends (WGPU) they are the same maths composed
 //! from burn's operations.
@@ -14,12 +15,14 @@ pub mod rope;
 pub mod simd;
 pub mod softmax;
 pub mod swiglu;
+pub mod top_k_kl;
 
 pub use nll::row_nll;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use softmax::row_softmax;
 pub use swiglu::swiglu;
+pub use top_k_kl::top_k_forward_kl;
 
 use burn::backend::flex::FlexTensor;
 

@@ -83,6 +83,13 @@ multiversion! {
 }
 
 multiversion! {
+    /// `Σ exp(x − shift)`: the normalizer of a softmax whose log-sum-exp is near `shift`.
+    pub fn exp_sum(x: &[f32], shift: f32) -> f32 {
+        sum_exp(x, shift)
+    }
+}
+
+multiversion! {
     /// `x ← g · exp(x − shift)`.
     pub fn scaled_exp(x: &mut [f32], shift: f32, g: f32) {
         for v in x {

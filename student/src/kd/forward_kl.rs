@@ -5,7 +5,9 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{TeacherSignal, kl, log_probs};
+use distill_model::fused::top_k_forward_kl;
+
+use super::{TeacherSignal, constant, kl, log_probs};
 
 /// Forward KL: `τ² · Σ_v p_T,v (log p_T,v − log p_S,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,15 @@ impl ForwardKlConfig {
     /// with respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let tau = self.temperature;
+        if let TeacherSignal::TopK { ids, logprobs } = teacher {
+            // One fused operation on the CPU (see `top_k_forward_kl`).
+            let device = student_logits.device();
+            let (ids, logprobs) = (
+                constant(ids.clone(), &device),
+                constant(logprobs.clone(), &device),
+            );
+            return top_k_forward_kl(student_logits, ids, logprobs, tau);
+        }
         let (t, s) = log_probs(student_logits, teacher, tau);
         kl(t, s).mul_scalar(tau * tau)
     }

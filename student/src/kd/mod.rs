@@ -48,12 +48,8 @@ use burn::tensor::activation::log_softmax;
 use distill_model::fused::row_nll;
 use serde::{Deserialize, Serialize};
 
-/// Smallest tail mass used in a log: an empty or numerically negative tail sits here on both
-/// sides and so adds nothing to the divergence.
-pub const TAIL_FLOOR: f64 = 1e-8;
-
-/// Smallest teacher log-probability: keeps a masked (−∞) token from producing NaN.
-const LOG_FLOOR: f64 = -1e4;
+use distill_model::fused::top_k_kl::LOG_FLOOR;
+pub use distill_model::fused::top_k_kl::TAIL_FLOOR;
 
 /// The divergence between teacher and student, as written in TOML:
 /// `[kd.loss] kind = "forward_kl" | "reverse_kl" | "jsd"` with the loss's fields beside `kind`.
