@@ -40,6 +40,24 @@ fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
     &mut x.storage_mut::<f32>()[start..end]
 }
 
+/// Token ids as indices, `count` of them, each checked against the vocabulary (`op` names the
+/// operation in the panic message).
+fn checked_ids(ids: FlexTensor, count: usize, vocab: usize, op: &str) -> Vec<usize> {
+    let ids: Vec<usize> = ids
+        .into_data()
+        .iter::<i64>()
+        .map(|id| {
+            assert!(
+                (0..vocab as i64).contains(&id),
+                "{op}: id {id} outside the vocabulary of {vocab}"
+            );
+            id as usize
+        })
+        .collect();
+    assert_eq!(ids.len(), count, "{op}: {count} ids expected");
+    ids
+}
+
 /// The largest elementwise difference, for the tests.
 #[cfg(test)]
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

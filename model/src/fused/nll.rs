@@ -17,7 +17,7 @@ use burn::tensor::{DType, IndexingUpdateOp};
 use rayon::prelude::*;
 
 use super::simd::{log_sum_exp, scaled_exp};
-use super::{values, values_mut};
+use super::{checked_ids, values, values_mut};
 
 /// `logits [rows, vocab]`, `targets [rows]` → `[rows]`: each row's negative log-likelihood of
 /// its target, differentiable in `logits`.
@@ -85,7 +85,7 @@ impl RowNllOps for Flex {
         let logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
         let x = values(&logits);
-        let t = target_ids(targets, rows, vocab);
+        let t = checked_ids(targets, rows, vocab, "row_nll");
         let out: Vec<f32> = x
             .par_chunks(vocab)
             .zip(t.par_iter())
@@ -102,7 +102,7 @@ impl RowNllOps for Flex {
         // they are shared): no second `[rows, vocab]` buffer.
         let mut logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
-        let t = target_ids(targets, rows, vocab);
+        let t = checked_ids(targets, rows, vocab, "row_nll");
         let g = grad.to_contiguous();
         let g = values(&g);
         values_mut(&mut logits)
@@ -160,23 +160,6 @@ fn dims_of(logits: &FlexTensor) -> (usize, usize) {
     let shape = logits.shape();
     assert_eq!(shape.num_dims(), 2, "row_nll takes [rows, vocab] logits");
     (shape[0], shape[1])
-}
-
-/// The targets as indices, each checked against the vocabulary.
-fn target_ids(targets: FlexTensor, rows: usize, vocab: usize) -> Vec<usize> {
-    let ids: Vec<usize> = targets
-        .into_data()
-        .iter::<i64>()
-        .map(|t| {
-            assert!(
-                (0..vocab as i64).contains(&t),
-                "row_nll: target {t} outside the vocabulary of {vocab}"
-            );
-            t as usize
-        })
-        .collect();
-    assert_eq!(ids.len(), rows, "row_nll: one target per row");
-    ids
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use burn::tensor::{DType, FloatDType, IndexingUpdateOp};
 use rayon::prelude::*;
 
 use super::simd::{exp_sum, log_sum_exp, scaled_exp};
-use super::{values, values_mut};
+use super::{checked_ids, values, values_mut};
 
 /// Smallest tail mass used in a log: an empty or numerically negative tail sits here on both
 /// sides and so adds nothing to the divergence.
@@ -235,7 +235,7 @@ impl TopKForwardKlOps for Flex {
         }
         let logits = logits.to_contiguous();
         let (rows, vocab, k) = dims_of(&logits, &teacher);
-        let ids = row_ids(ids, rows, k, vocab);
+        let ids = checked_ids(ids, rows * k, vocab, "top_k_forward_kl");
         let teacher = teacher.to_contiguous();
         let t = values(&teacher);
         let tau = temperature as f32;
@@ -285,7 +285,7 @@ impl TopKForwardKlOps for Flex {
         // they are shared).
         let mut logits = logits.to_contiguous();
         let (rows, vocab, k) = dims_of(&logits, &teacher);
-        let ids = row_ids(ids, rows, k, vocab);
+        let ids = checked_ids(ids, rows * k, vocab, "top_k_forward_kl");
         let teacher = teacher.to_contiguous();
         let t = values(&teacher);
         let grad = grad.to_contiguous();
@@ -382,23 +382,6 @@ fn dims_of(logits: &FlexTensor, teacher: &FlexTensor) -> (usize, usize, usize) {
     );
     assert_eq!(l[0], t[0], "top_k_forward_kl: teacher rows vs student rows");
     (l[0], l[1], t[1])
-}
-
-/// The ids as row-major indices, each checked against the vocabulary.
-fn row_ids(ids: FlexTensor, rows: usize, k: usize, vocab: usize) -> Vec<usize> {
-    let ids: Vec<usize> = ids
-        .into_data()
-        .iter::<i64>()
-        .map(|id| {
-            assert!(
-                (0..vocab as i64).contains(&id),
-                "top_k_forward_kl: id {id} outside the vocabulary of {vocab}"
-            );
-            id as usize
-        })
-        .collect();
-    assert_eq!(ids.len(), rows * k, "top_k_forward_kl: ids [rows, k]");
-    ids
 }
 
 #[cfg(test)]
