@@ -3,8 +3,8 @@
 //! glibc's malloc serves every allocation above 32 MiB with its own `mmap` and returns it with
 //! `munmap` when freed. A training step allocates and frees many such buffers (logits over a
 //! 49,152-token vocabulary are 200 KB a position), so every step the kernel zeroes gigabytes
-//! of fresh pages again: on SmolLM2's pretraining bench shape that was a fifth of the step's
-//! time, most of it `clear_page` and page faults. [`keep_freed_memory`] turns the per-buffer
+//! of fresh pages again: 10–14% of a step's time, most of it `clear_page` and page faults
+//! (650,000 faults in one step of the half-size SmolLM2 student; about 3,000 without). [`keep_freed_memory`] turns the per-buffer
 //! `mmap` off and raises the trim threshold to its maximum, so freed buffers go back to
 //! malloc's free lists and the next step reuses them. The cost is a higher resident set: the
 //! process keeps its peak until it exits.

@@ -581,9 +581,8 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let control = TrainControl {
-            resume: false,
-            stop_after: None,
             quiet: true,
+            ..Default::default()
         };
         train(
             model,

@@ -68,7 +68,7 @@ pub trait TopKForwardKlOps: Backend {
         teacher: FloatTensor<Self>,
         temperature: f64,
     ) -> FloatTensor<Self> {
-        composed::<Self>(logits, ids, teacher, temperature).loss
+        composed::<Self>(logits, ids, teacher, temperature)
     }
 
     /// The gradient with respect to `logits` for the output gradient `grad` `[rows]`.
@@ -83,10 +83,8 @@ pub trait TopKForwardKlOps: Backend {
     }
 }
 
-/// What both composed directions share, per row.
-struct Composed<B: Backend> {
-    /// The loss `[rows]`.
-    loss: FloatTensor<B>,
+/// What both composed directions need.
+struct Parts<B: Backend> {
     /// Student softmax `q` `[rows, vocab]`.
     q: FloatTensor<B>,
     /// `S` above the floor, as 1.0 / 0.0 `[rows, 1]`.
@@ -97,15 +95,19 @@ struct Composed<B: Backend> {
     s_tail: FloatTensor<B>,
     /// Teacher probabilities `p_k` `[rows, k]`.
     p: FloatTensor<B>,
+    /// Teacher log-probabilities, floored at [`LOG_FLOOR`], `[rows, k]`.
+    t: FloatTensor<B>,
+    /// Student log-probabilities at the ids, `log q_k` `[rows, k]`.
+    log_q_k: FloatTensor<B>,
 }
 
-/// [`TopKForwardKlOps::top_k_forward_kl`] from burn's operations, with what its backward needs.
-fn composed<B: Backend>(
+/// The softmaxes, tails and teacher probabilities, from burn's operations.
+fn composed_parts<B: Backend>(
     logits: FloatTensor<B>,
     ids: IntTensor<B>,
     teacher: FloatTensor<B>,
     tau: f64,
-) -> Composed<B> {
+) -> Parts<B> {
     let shape = logits.shape();
     let (rows, vocab) = (shape[0], shape[1]);
     let k = teacher.shape()[1];
@@ -115,12 +117,15 @@ fn composed<B: Backend>(
     let shifted = B::float_sub(u.clone(), B::float_max_dim(u, 1));
     let e = B::float_exp(shifted.clone());
     let sum = B::float_sum_dim(e.clone(), 1);
-    let log_q = B::float_sub(shifted, B::float_log(sum.clone()));
+    let log_q_k = B::float_sub(
+        B::float_gather(1, shifted, ids.clone()),
+        B::float_log(sum.clone()),
+    );
     let q = B::float_div(e, sum);
     let in_top_k = B::float_scatter(
         1,
         B::float_zeros([rows, vocab].into(), &device, dtype),
-        ids.clone(),
+        ids,
         B::float_ones([rows, k].into(), &device, dtype),
         IndexingUpdateOp::Add,
     );
@@ -136,21 +141,40 @@ fn composed<B: Backend>(
         B::float_add_scalar(B::float_neg(B::float_sum_dim(p.clone(), 1)), 1.0.into()),
         TAIL_FLOOR.into(),
     );
-    let log_q_k = B::float_gather(1, log_q, ids);
-    let top = B::float_sum_dim(B::float_mul(p.clone(), B::float_sub(t, log_q_k)), 1);
-    let tail = B::float_mul(
-        t_tail.clone(),
-        B::float_sub(B::float_log(t_tail.clone()), B::float_log(s_tail.clone())),
-    );
-    let loss = B::float_mul_scalar(B::float_add(top, tail), (tau * tau).into());
-    Composed {
-        loss: B::float_reshape(loss, [rows].into()),
+    Parts {
         q,
         c,
         t_tail,
         s_tail,
         p,
+        t,
+        log_q_k,
     }
+}
+
+/// [`TopKForwardKlOps::top_k_forward_kl`] from burn's operations.
+fn composed<B: Backend>(
+    logits: FloatTensor<B>,
+    ids: IntTensor<B>,
+    teacher: FloatTensor<B>,
+    tau: f64,
+) -> FloatTensor<B> {
+    let rows = logits.shape()[0];
+    let Parts {
+        t_tail,
+        s_tail,
+        p,
+        t,
+        log_q_k,
+        ..
+    } = composed_parts::<B>(logits, ids, teacher, tau);
+    let top = B::float_sum_dim(B::float_mul(p, B::float_sub(t, log_q_k)), 1);
+    let tail = B::float_mul(
+        t_tail.clone(),
+        B::float_sub(B::float_log(t_tail), B::float_log(s_tail)),
+    );
+    let loss = B::float_mul_scalar(B::float_add(top, tail), (tau * tau).into());
+    B::float_reshape(loss, [rows].into())
 }
 
 /// [`TopKForwardKlOps::top_k_forward_kl_backward`] from burn's operations.
@@ -162,14 +186,14 @@ fn composed_backward<B: Backend>(
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let rows = logits.shape()[0];
-    let Composed {
+    let Parts {
         q,
         c,
         t_tail,
         s_tail,
         p,
         ..
-    } = composed::<B>(logits, ids.clone(), teacher, tau);
+    } = composed_parts::<B>(logits, ids.clone(), teacher, tau);
     let ct = B::float_mul(c, t_tail);
     let w = B::float_add(B::float_sum_dim(p.clone(), 1), ct.clone());
     let ratio = B::float_div(ct, s_tail);
@@ -184,9 +208,10 @@ fn composed_backward<B: Backend>(
 
 impl TopKForwardKlOps for Cube {}
 
-/// One row's teacher side: `p_k`, `Σ p_k·t_k` and the tail `T`.
+/// One row's teacher side: `p_k`, `Σ p_k`, `Σ p_k·t_k` and the tail `T`.
 struct TeacherRow {
     p: Vec<f32>,
+    mass: f64,
     p_t: f64,
     tail: f64,
 }
@@ -196,23 +221,21 @@ impl TeacherRow {
         let t: Vec<f64> = t.iter().map(|&t| (t as f64).max(LOG_FLOOR)).collect();
         let p: Vec<f64> = t.iter().map(|t| t.exp()).collect();
         let p_t = p.iter().zip(&t).map(|(p, t)| p * t).sum();
-        let tail = (1.0 - p.iter().sum::<f64>()).max(TAIL_FLOOR);
+        let mass = p.iter().sum::<f64>();
         Self {
             p: p.iter().map(|&p| p as f32).collect(),
+            mass,
             p_t,
-            tail,
+            tail: (1.0 - mass).max(TAIL_FLOOR),
         }
-    }
-
-    /// Σ p_k.
-    fn mass(&self) -> f64 {
-        self.p.iter().map(|&p| p as f64).sum()
     }
 }
 
-/// `(log-sum-exp of u, Σ_{j ∉ ids} exp(u_j − lse))` of a row `u` whose top-k `sorted` ids are
-/// in increasing order: the tail sums the gaps between the ids.
-fn lse_and_tail(u: &[f32], sorted: &[usize]) -> (f32, f64) {
+/// `(log-sum-exp of u, Σ_{j ∉ ids} exp(u_j − lse))` of a row `u` and its top-k ids: the tail
+/// sums the gaps between the sorted ids.
+fn lse_and_tail(u: &[f32], ids: &[usize]) -> (f32, f64) {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
     let lse = log_sum_exp(u);
     let mut tail = 0f64;
     let mut from = 0;
@@ -231,7 +254,7 @@ impl TopKForwardKlOps for Flex {
         temperature: f64,
     ) -> FlexTensor {
         if logits.dtype() != DType::F32 || teacher.dtype() != DType::F32 {
-            return composed::<Flex>(logits, ids, teacher, temperature).loss;
+            return composed::<Flex>(logits, ids, teacher, temperature);
         }
         let logits = logits.to_contiguous();
         let (rows, vocab, k) = dims_of(&logits, &teacher);
@@ -250,9 +273,7 @@ impl TopKForwardKlOps for Flex {
                     scaled = z.iter().map(|&z| z / tau).collect();
                     &scaled
                 };
-                let mut sorted = ids.to_vec();
-                sorted.sort_unstable();
-                let (lse, s) = lse_and_tail(u, &sorted);
+                let (lse, s) = lse_and_tail(u, ids);
                 let teacher = TeacherRow::new(t);
                 // Σ p_k (t_k − log q_k), log q_k = u_k − lse.
                 let cross: f64 = ids
@@ -299,12 +320,10 @@ impl TopKForwardKlOps for Flex {
                 if tau != 1.0 {
                     row.iter_mut().for_each(|z| *z /= tau);
                 }
-                let mut sorted = ids.to_vec();
-                sorted.sort_unstable();
-                let (lse, s) = lse_and_tail(row, &sorted);
+                let (lse, s) = lse_and_tail(row, ids);
                 let teacher = TeacherRow::new(t);
                 let ct = if s > TAIL_FLOOR { teacher.tail } else { 0.0 };
-                let w = teacher.mass() + ct;
+                let w = teacher.mass + ct;
                 let ratio = ct / s.max(TAIL_FLOOR);
                 let q_k: Vec<f32> = ids.iter().map(|&id| (row[id] - lse).exp()).collect();
                 let gt = g * tau;
@@ -429,7 +448,7 @@ mod tests {
             let v = |t: FlexTensor| t.into_data().try_to_vec::<f32>().unwrap();
 
             let fused = v(Flex::top_k_forward_kl(z(), ids(), lp(), tau));
-            let composed = v(composed::<Flex>(z(), ids(), lp(), tau).loss);
+            let composed = v(composed::<Flex>(z(), ids(), lp(), tau));
             let scale = composed.iter().fold(1f32, |m, x| m.max(x.abs()));
             let d = max_abs_diff(&fused, &composed);
             assert!(
