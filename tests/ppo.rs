@@ -57,10 +57,7 @@ fn chosen_share(_prompts: &[Vec<u32>], responses: &[Vec<u32>]) -> Vec<f32> {
 
 fn quiet() -> TrainControl {
     distill_model::device::pin_default_device_to_cpu();
-    TrainControl {
-        quiet: true,
-        ..TrainControl::default()
-    }
+    TrainControl::quiet()
 }
 
 /// The toy task's settings: β starts near where it balances this reward, and the controller

@@ -88,13 +88,6 @@ fn kd_config(teacher: &Path, student: &Path, data: &Path, out: &Path, steps: usi
     c
 }
 
-fn quiet() -> TrainControl {
-    TrainControl {
-        quiet: true,
-        ..TrainControl::default()
-    }
-}
-
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let m = checkpoint::load_dir(dir, &Device::flex()).unwrap();
     checkpoint::named_tensors(&m.model)
@@ -203,8 +196,8 @@ fn cached_top_k_of_every_token_trains_like_the_online_teacher() {
     cached.out = d.join("cached");
     cached.signal.mode = SignalMode::Cached;
     cached.signal.top_k = vocab;
-    let a = distill::run(&online, &Device::flex(), &quiet()).unwrap();
-    let b = distill::run(&cached, &Device::flex(), &quiet()).unwrap();
+    let a = distill::run(&online, &Device::flex(), &TrainControl::quiet()).unwrap();
+    let b = distill::run(&cached, &Device::flex(), &TrainControl::quiet()).unwrap();
     for (x, y) in a.history.iter().zip(&b.history) {
         assert!(
             (x.train - y.train).abs() < 1e-4 * x.train.abs(),
@@ -216,7 +209,7 @@ fn cached_top_k_of_every_token_trains_like_the_online_teacher() {
     coarse.out = d.join("coarse");
     coarse.signal.top_k = 4;
     coarse.signal.cache = Some(d.join("coarse.safetensors"));
-    let c = distill::run(&coarse, &Device::flex(), &quiet()).unwrap();
+    let c = distill::run(&coarse, &Device::flex(), &TrainControl::quiet()).unwrap();
     assert!((c.history[0].train - a.history[0].train).abs() > 1e-3);
 }
 
@@ -228,11 +221,11 @@ fn an_interrupted_distillation_resumes_to_the_same_student() {
     let student = tiny_model(&d.join("student"), DOCS, 300, 2);
     let data = corpus(d);
     let whole = kd_config(&teacher, &student, &data, &d.join("whole"), 4);
-    distill::run(&whole, &Device::flex(), &quiet()).unwrap();
+    distill::run(&whole, &Device::flex(), &TrainControl::quiet()).unwrap();
     let parts = kd_config(&teacher, &student, &data, &d.join("parts"), 4);
     let stopped = TrainControl {
         stop_after: Some(2),
-        ..quiet()
+        ..TrainControl::quiet()
     };
     let first = distill::run(&parts, &Device::flex(), &stopped).unwrap();
     assert_eq!(first.steps, 2);
@@ -242,7 +235,7 @@ fn an_interrupted_distillation_resumes_to_the_same_student() {
     );
     let resumed = TrainControl {
         resume: true,
-        ..quiet()
+        ..TrainControl::quiet()
     };
     let second = distill::run(&parts, &Device::flex(), &resumed).unwrap();
     assert_eq!((second.steps, second.steps_run), (4, 2));
@@ -282,7 +275,7 @@ fn sparsity_survives_distillation() {
     assert!(out.contains("sparsity 50.0%"), "{out}");
     let student = d.join("sparse/model");
     let config = kd_config(&teacher, &student, &data, &d.join("kd"), 3);
-    distill::run(&config, &Device::flex(), &quiet()).unwrap();
+    distill::run(&config, &Device::flex(), &TrainControl::quiet()).unwrap();
     let (before, after) = (weights(&student), weights(&d.join("kd/model")));
     let mut moved = false;
     for ((name, x), (_, y)) in before.iter().zip(&after) {
@@ -329,7 +322,7 @@ fn a_vocabulary_mismatch_is_refused_before_any_work() {
     ] {
         let out = d.join("kd");
         let config = kd_config(&teacher, student, &data, &out, 2);
-        let e = match distill::run(&config, &Device::flex(), &quiet()) {
+        let e = match distill::run(&config, &Device::flex(), &TrainControl::quiet()) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("{} was accepted", student.display()),
         };

@@ -128,10 +128,7 @@ fn rankings(path: &Path, n: usize, seed: u64) {
 
 fn quiet() -> TrainControl {
     distill_model::device::pin_default_device_to_cpu();
-    TrainControl {
-        quiet: true,
-        ..TrainControl::default()
-    }
+    TrainControl::quiet()
 }
 
 fn sft_config(model: &Path, data: &Path, out: &Path) -> SftConfig {

@@ -91,10 +91,7 @@ fn config(data: &Path, out: &Path) -> PretrainConfig {
 
 fn quiet() -> TrainControl {
     distill_model::device::pin_default_device_to_cpu();
-    TrainControl {
-        quiet: true,
-        ..TrainControl::default()
-    }
+    TrainControl::quiet()
 }
 
 #[test]

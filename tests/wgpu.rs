@@ -312,3 +312,55 @@ fn rope_and_its_gradient_match_the_cpu() {
         "output differs by {d}, gradient by {dg}"
     );
 }
+
+/// Attention through autodiff: WGPU (burn's operations) against the CPU's fused kernel, output
+/// and the gradients of q, k and v, with grouped KV heads, past keys and a padded sequence.
+#[test]
+fn attention_and_its_gradients_match_the_cpu() {
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)")
+        .autodiff();
+    let cpu = Device::flex().autodiff();
+    let (b, nh, nkv, s, past, d) = (2, 4, 2, 6, 3, 16);
+    let t = past + s;
+    let mut mask = vec![true; b * t];
+    mask[t..t + 4].iter_mut().for_each(|m| *m = false);
+    let layout = Layout::from_mask(b, t, &mask);
+    let mut rng = XorShift(0xbb67_ae85_84ca_a73b);
+    let (q, k, v, g) = (
+        rng.vec(b * nh * t * d),
+        rng.vec(b * nkv * t * d),
+        rng.vec(b * nkv * t * d),
+        rng.vec(b * s * nh * d),
+    );
+    let run = |dev: &Device| {
+        let t4 = |v: &Vec<f32>, shape: [usize; 4]| {
+            Tensor::<4>::from_data(TensorData::new(v.clone(), shape), dev).require_grad()
+        };
+        // The last `s` queries of the padded sequences, against all `t` keys.
+        let q = t4(&q, [b, nh, t, d]);
+        let (k, v) = (t4(&k, [b, nkv, t, d]), t4(&v, [b, nkv, t, d]));
+        let bias = layout.attention_bias(dev).slice(s![.., .., past.., ..]);
+        let out = distill_model::fused::attention(
+            q.clone().slice(s![.., .., past.., ..]),
+            k.clone(),
+            v.clone(),
+            bias,
+            0.25,
+        );
+        let g = Tensor::<3>::from_data(TensorData::new(g.clone(), [b, s, nh * d]), dev);
+        let grads = (out.clone() * g).sum().backward();
+        let v4 = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().unwrap();
+        [
+            to_vec(out),
+            v4(q.grad(&grads).unwrap()),
+            v4(k.grad(&grads).unwrap()),
+            v4(v.grad(&grads).unwrap()),
+        ]
+    };
+    let (want, got) = (run(&cpu), run(&gpu));
+    let diffs: Vec<f32> = want.iter().zip(&got).map(|(a, b)| max_diff(a, b)).collect();
+    println!("wgpu vs flex attention: max |Δ| output, dq, dk, dv {diffs:?}");
+    assert!(diffs.iter().all(|&x| x <= 1e-5), "{diffs:?}");
+}

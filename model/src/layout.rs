@@ -5,7 +5,7 @@
 use burn::prelude::*;
 
 /// Additive bias for a blocked query/key pair: exp of it underflows to exactly 0 in f32.
-const BLOCKED: f32 = -1e9;
+pub(crate) const BLOCKED: f32 = -1e9;
 
 /// Positions and attention mask of one forward over `[batch, seq]` new tokens that follow
 /// `past` cached ones.

@@ -7,7 +7,7 @@
 
 use crate::capture::InputCapture;
 use crate::config::LlamaConfig;
-use crate::fused::{rms_norm, rope, row_softmax, swiglu};
+use crate::fused::{attention, linear, rms_norm, rope, swiglu};
 use crate::layout::{KvCache, LayerCache, Layout};
 use crate::quantized::PackedWeight;
 use burn::module::{Module, Param, ParamId};
@@ -194,7 +194,7 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let y = match (&self.packed, &self.weight) {
             (Some(p), _) => p.forward(x),
-            (None, Some(w)) => weight_times(w.val(), x),
+            (None, Some(w)) => linear(x, w.val()),
             (None, None) => unreachable!("a linear layer has a dense or a packed weight"),
         };
         match &self.bias {
@@ -234,32 +234,6 @@ impl Linear {
         self.weight = Some(Param::initialized(param_id(&join(name, "weight")), t));
         self.packed = None;
     }
-}
-
-/// Rows of `x` up to which [`weight_times`] computes `(W xᵀ)ᵀ` rather than `x Wᵀ`.
-const WEIGHT_FIRST_MAX_ROWS: usize = 16;
-
-/// `x Wᵀ` for `W` `[out, in]` and `x` `[..., in]`.
-///
-/// For a few rows (decoding) it is computed as `(W xᵀ)ᵀ`, so the weight, the large operand, is
-/// read in its stored row-major order: the product with a transposed view of `W` on the right
-/// reads it across rows, ~15× slower decoding. For many rows (prefill, training) `x Wᵀ` is
-/// right: the matrix product packs its operands either way, and its output is already in
-/// `x`'s row order, where `(W xᵀ)ᵀ` would need a transposing copy of the output forward and
-/// of the gradient backward.
-fn weight_times<const D: usize>(weight: Tensor<2>, x: Tensor<D>) -> Tensor<D> {
-    let dims = x.dims();
-    let rows: usize = dims[..D - 1].iter().product();
-    let out = weight.dims()[0];
-    let x2 = x.reshape([rows, dims[D - 1]]);
-    let y = if rows <= WEIGHT_FIRST_MAX_ROWS {
-        weight.matmul(x2.transpose()).transpose()
-    } else {
-        x2.matmul(weight.transpose())
-    };
-    let mut shape = dims;
-    shape[D - 1] = out;
-    y.reshape(shape)
 }
 
 /// Token embedding table `[vocab, hidden]`.
@@ -415,24 +389,7 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let t = k.dims()[2];
-        let group = nh / nkv;
-        let expand = |kv: Tensor<4>| {
-            if group == 1 {
-                kv
-            } else {
-                kv.unsqueeze_dim::<5>(2)
-                    .expand([b, nkv, group, t, d])
-                    .reshape([b, nh, t, d])
-            }
-        };
-        // Scaling q rather than the scores: a quarter of the elements at context 256.
-        let scores = q
-            .mul_scalar(1.0 / (d as f64).sqrt())
-            .matmul(expand(k).swap_dims(2, 3))
-            + step.bias.clone();
-        let out = row_softmax(scores).matmul(expand(v));
-        let out = out.swap_dims(1, 2).reshape([b, s, nh * d]);
+        let out = attention(q, k, v, step.bias.clone(), 1.0 / (d as f64).sqrt());
         step.linear(&self.o_proj, &join(name, "o_proj"), out)
     }
 }
@@ -692,7 +649,7 @@ impl LlamaForCausalLM {
     pub fn head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => weight_times(self.model.embed_tokens.weight.val(), hidden),
+            None => linear(hidden, self.model.embed_tokens.weight.val()),
         }
     }
 
@@ -859,7 +816,7 @@ impl LlamaForCausalLM {
                 if let Some(capture) = step.capture.as_deref_mut() {
                     capture.capture("lm_head", &x);
                 }
-                weight_times(self.model.embed_tokens.weight.val(), x)
+                linear(x, self.model.embed_tokens.weight.val())
             }
         }
     }

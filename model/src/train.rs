@@ -197,6 +197,16 @@ pub struct TrainControl {
     pub quiet: bool,
 }
 
+impl TrainControl {
+    /// A fresh run with the progress bar hidden (tests).
+    pub fn quiet() -> Self {
+        Self {
+            quiet: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// What a finished (or stopped) run returns.
 pub struct TrainOutcome<M> {
     /// The trained model.
@@ -580,10 +590,7 @@ mod tests {
             ..TrainConfig::default()
         };
         let dir = tempfile::tempdir().unwrap();
-        let control = TrainControl {
-            quiet: true,
-            ..Default::default()
-        };
+        let control = TrainControl::quiet();
         train(
             model,
             &mut Scripted(losses.to_vec()),

@@ -1,7 +1,8 @@
 //! Fused operations for the CPU backend, each a burn backend extension with its own backward.
 //!
-//! burn composes cross-entropy, softmax, SiLU, RMSNorm and RoPE from elementwise operations: a
-//! dozen passes over the tensor forward and backward, each single-threaded with a scalar `exp`.
+//! burn composes cross-entropy, attention, SiLU, RMSNorm and RoPE from elementwise operations and
+//! products: a dozen passes over the tensor forward and backward, each single-threaded with a
+//! scalar `exp`.
 //! The top-k forward KL of distillation is the same story over the vocabulary.
 //! On [`Flex`] (burn's CPU backend) these operations take one to three passes, rows in parallel
 //! (rayon), vectorized ([`simd`]); on the other backends (WGPU) they are the same maths composed
@@ -9,22 +10,104 @@
 //!
 //! [`Flex`]: burn::backend::Flex
 
+pub mod attention;
+mod gemm;
+pub mod linear;
 pub mod nll;
 pub mod rms_norm;
 pub mod rope;
 pub mod simd;
-pub mod softmax;
 pub mod swiglu;
 pub mod top_k_kl;
 
+pub use attention::attention;
+pub use linear::linear;
 pub use nll::row_nll;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
-pub use softmax::row_softmax;
 pub use swiglu::swiglu;
 pub use top_k_kl::top_k_forward_kl;
 
+use burn::backend::Backend;
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
 use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::prelude::{Shape, TensorData};
+use std::mem::MaybeUninit;
+
+/// The autodiff side of a fused operation of two float inputs whose backward reads both
+/// inputs: `forward(a, b)`, and `backward(a, b, grad) = (da, db)`.
+fn two_input_op<B: Backend, C: CheckpointStrategy>(
+    a: FloatTensor<Autodiff<B, C>>,
+    b: FloatTensor<Autodiff<B, C>>,
+    forward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    backward: TwoInputBackwardFn<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match (TwoInputBackward { backward })
+        .prepare::<C>([a.node(), b.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (a, b) = (a.into_primitive(), b.into_primitive());
+            let out = forward(a.clone(), b.clone());
+            prep.finish((a, b), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(a.into_primitive(), b.into_primitive())),
+    }
+}
+
+/// `(a, b, grad) -> (da, db)`.
+type TwoInputBackwardFn<B> =
+    fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>);
+
+#[derive(Debug)]
+struct TwoInputBackward<B: Backend> {
+    backward: TwoInputBackwardFn<B>,
+}
+
+impl<B: Backend> Backward<B, 2> for TwoInputBackward<B> {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let (da, db) = (self.backward)(a, b, grad);
+        for (node, g) in ops.parents.into_iter().zip([da, db]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+/// An f32 tensor of `values` (taken over without a copy).
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A fresh f32 tensor of `shape` whose values `fill` writes, without zeroing them first.
+///
+/// # Safety
+/// `fill` must write every value.
+unsafe fn written(shape: Shape, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> FlexTensor {
+    let n = shape.num_elements();
+    let mut v = Vec::<f32>::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` wrote all `n` values.
+    unsafe { v.set_len(n) };
+    tensor(v, shape)
+}
 
 /// The values of a contiguous f32 tensor.
 fn values(x: &FlexTensor) -> &[f32] {
@@ -56,6 +139,14 @@ fn checked_ids(ids: FlexTensor, count: usize, vocab: usize, op: &str) -> Vec<usi
         .collect();
     assert_eq!(ids.len(), count, "{op}: {count} ids expected");
     ids
+}
+
+/// Deterministic values in [−1, 1), for the tests.
+#[cfg(test)]
+fn values_for(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 /// The largest elementwise difference, for the tests.

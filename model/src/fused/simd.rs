@@ -1,6 +1,8 @@
 //! Row kernels written so the compiler vectorizes them, compiled for AVX-512 and AVX2 beside
 //! the baseline and chosen at run time.
 
+use std::mem::MaybeUninit;
+
 /// Defines `fn name(args) -> ret` whose body is compiled three times (AVX-512F, AVX2+FMA and
 /// the baseline target) and dispatched on the CPU's features.
 macro_rules! multiversion {
@@ -147,23 +149,29 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 multiversion! {
-    /// `up ← silu(gate) ⊙ up`.
-    pub fn swiglu(gate: &[f32], up: &mut [f32]) {
-        for (u, &g) in up.iter_mut().zip(gate) {
-            *u *= g * sigmoid(g);
+    /// `out = silu(gate) ⊙ up`.
+    pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
+        for ((o, &u), &g) in out.iter_mut().zip(up).zip(gate) {
+            o.write(u * g * sigmoid(g));
         }
     }
 }
 
 multiversion! {
-    /// `(gate, up) ← (g ⊙ up ⊙ σ(gate)(1 + gate(1 − σ(gate))), g ⊙ silu(gate))`: the
+    /// `(d_gate, d_up) = (g ⊙ up ⊙ σ(gate)(1 + gate(1 − σ(gate))), g ⊙ silu(gate))`: the
     /// gradients of `silu(gate) ⊙ up` for the output gradient `g`.
-    pub fn swiglu_backward(gate: &mut [f32], up: &mut [f32], g: &[f32]) {
-        for ((a, u), &g) in gate.iter_mut().zip(up.iter_mut()).zip(g) {
-            let s = sigmoid(*a);
-            let d_up = g * *a * s;
-            *a = g * *u * s * (1.0 + *a * (1.0 - s));
-            *u = d_up;
+    pub fn swiglu_backward(
+        gate: &[f32],
+        up: &[f32],
+        g: &[f32],
+        d_gate: &mut [MaybeUninit<f32>],
+        d_up: &mut [MaybeUninit<f32>],
+    ) {
+        let outputs = d_gate.iter_mut().zip(d_up.iter_mut());
+        for ((dg, du), ((&a, &u), &g)) in outputs.zip(gate.iter().zip(up).zip(g)) {
+            let s = sigmoid(a);
+            du.write(g * a * s);
+            dg.write(g * u * s * (1.0 + a * (1.0 - s)));
         }
     }
 }

@@ -3,20 +3,15 @@
 //! Fused on the CPU it is one pass forward and one backward, where burn's composed `silu` and
 //! product take three forward and six backward.
 
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-};
+use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Cube, Dispatch, Flex, backend_extension};
+use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{simd, values, values_mut};
+use super::{simd, tensor, two_input_op, values, written};
 
 /// `silu(gate) ⊙ up` for tensors of one shape, differentiable in both.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
@@ -84,14 +79,16 @@ impl SwigluOps for Flex {
         if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
             return composed::<Flex>(gate, up);
         }
-        let gate = gate.to_contiguous();
-        let mut up = up.to_contiguous();
-        let g = values(&gate);
-        values_mut(&mut up)
-            .par_chunks_mut(MIN_ELEMENTS)
-            .zip(g.par_chunks(MIN_ELEMENTS))
-            .for_each(|(u, g)| simd::swiglu(g, u));
-        up
+        let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
+        let (g, u) = (values(&gate), values(&up));
+        // SAFETY: the chunks of `out` cover it, and each is written whole.
+        unsafe {
+            written(up.shape(), |out| {
+                out.par_chunks_mut(MIN_ELEMENTS)
+                    .zip(g.par_chunks(MIN_ELEMENTS).zip(u.par_chunks(MIN_ELEMENTS)))
+                    .for_each(|(o, (g, u))| simd::swiglu(g, u, o))
+            })
+        }
     }
 
     fn swiglu_backward(
@@ -102,60 +99,28 @@ impl SwigluOps for Flex {
         if [&gate, &up, &grad].iter().any(|t| t.dtype() != DType::F32) {
             return composed_backward::<Flex>(gate, up, grad);
         }
-        let mut gate = gate.to_contiguous();
-        let mut up = up.to_contiguous();
-        let grad = grad.to_contiguous();
-        let g = values(&grad);
-        values_mut(&mut gate)
+        let [gate, up, grad] = [gate, up, grad].map(|t| t.to_contiguous());
+        let (a, u, g) = (values(&gate), values(&up), values(&grad));
+        let n = a.len();
+        let (mut d_gate, mut d_up) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
+        d_gate.spare_capacity_mut()[..n]
             .par_chunks_mut(MIN_ELEMENTS)
-            .zip(values_mut(&mut up).par_chunks_mut(MIN_ELEMENTS))
+            .zip(d_up.spare_capacity_mut()[..n].par_chunks_mut(MIN_ELEMENTS))
+            .zip(a.par_chunks(MIN_ELEMENTS).zip(u.par_chunks(MIN_ELEMENTS)))
             .zip(g.par_chunks(MIN_ELEMENTS))
-            .for_each(|((a, b), g)| simd::swiglu_backward(a, b, g));
-        (gate, up)
+            .for_each(|(((dg, du), (a, u)), g)| simd::swiglu_backward(a, u, g, dg, du));
+        // SAFETY: the chunks cover both outputs, and each was written whole.
+        unsafe {
+            d_gate.set_len(n);
+            d_up.set_len(n);
+        }
+        (tensor(d_gate, gate.shape()), tensor(d_up, up.shape()))
     }
 }
 
 impl<B: SwigluOps, C: CheckpointStrategy> SwigluOps for Autodiff<B, C> {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SwigluBackward;
-
-        impl<B: SwigluOps> Backward<B, 2> for SwigluBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [gate_node, up_node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (gate, up) = ops.state;
-                let (d_gate, d_up) = B::swiglu_backward(gate, up, grad);
-                if let Some(node) = gate_node {
-                    grads.register::<B>(node.id, d_gate);
-                }
-                if let Some(node) = up_node {
-                    grads.register::<B>(node.id, d_up);
-                }
-            }
-        }
-
-        match SwigluBackward
-            .prepare::<C>([gate.node(), up.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (g, u) = (gate.into_primitive(), up.into_primitive());
-                let out = B::swiglu(g.clone(), u.clone());
-                prep.finish((g, u), out)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::swiglu(gate.into_primitive(), up.into_primitive()))
-            }
-        }
+        two_input_op::<B, C>(gate, up, B::swiglu, B::swiglu_backward)
     }
 }
 

@@ -191,10 +191,7 @@ mod tests {
             ..TrainConfig::default()
         };
         let dir = tempfile::tempdir().unwrap();
-        let control = TrainControl {
-            quiet: true,
-            ..Default::default()
-        };
+        let control = TrainControl::quiet();
         train(model, &mut task, &config, dir.path(), &control)
             .unwrap()
             .model
