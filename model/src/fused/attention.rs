@@ -206,6 +206,24 @@ impl Dims {
     fn group(&self) -> usize {
         self.heads / self.kv_heads
     }
+
+    /// Multiply-adds of the forward's two products, without skipped keys.
+    fn macs(&self) -> usize {
+        2 * self.batch * self.heads * self.seq * self.keys * self.head_dim
+    }
+}
+
+/// Below this many multiply-adds the heads run on the calling thread: handing a decoding
+/// step's few small heads to the thread pool costs more than they take.
+const PARALLEL_MACS: usize = 1 << 18;
+
+/// `task(i)` for `i < n`, on the thread pool when the call does `macs` multiply-adds or more.
+fn for_each_task(n: usize, macs: usize, task: impl Fn(usize) + Sync + Send) {
+    if macs >= PARALLEL_MACS {
+        (0..n).into_par_iter().for_each(task);
+    } else {
+        (0..n).for_each(task);
+    }
 }
 
 /// The query blocks of each sequence: `(first row, end row, keys to read)`. A block reads the
@@ -277,7 +295,7 @@ impl AttentionOps for Flex {
             Shared(out.spare_capacity_mut().as_mut_ptr().cast()),
             Shared(probs.as_mut_ptr()),
         );
-        (0..x.batch * nh).into_par_iter().for_each(|bh| {
+        for_each_task(x.batch * nh, x.macs(), |bh| {
             let (bi, h) = (bh / nh, bh % nh);
             let kvh = bi * x.kv_heads + h / x.group();
             let (qh, kg, vg) = (
@@ -366,7 +384,7 @@ impl AttentionOps for Flex {
         let scale = scale as f32;
         // One task per KV head: it alone accumulates that head's key and value gradients, over
         // the query heads of its group in order.
-        (0..x.batch * x.kv_heads).into_par_iter().for_each(|bg| {
+        for_each_task(x.batch * x.kv_heads, 2 * x.macs(), |bg| {
             let bi = bg / x.kv_heads;
             let (kg, vg) = (&kv[bg * t * d..][..t * d], &vv[bg * t * d..][..t * d]);
             let (dkg, dvg) = (dk_p.at(bg * t * d), dv_p.at(bg * t * d));

@@ -21,11 +21,6 @@ impl Mat {
         }
     }
 
-    /// Column-major, column stride `cs`.
-    pub(super) fn cols(ptr: *const f32, cs: usize) -> Self {
-        Self::rows(ptr, cs).t()
-    }
-
     /// The transpose.
     pub(super) fn t(self) -> Self {
         Self {

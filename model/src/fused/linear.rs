@@ -4,9 +4,9 @@
 //! Fused on the CPU it is one `gemm` call each way, written into a fresh `Vec`. burn's CPU
 //! matrix product allocates each output as zeroed bytes and then copies them into an aligned
 //! buffer (`FlexTensor::empty`): a `memset` and a `memmove` of every output, 12% of a training
-//! step. For a few rows (decoding) the forward computes `(W·xᵀ)ᵀ`, so the weight, the large
-//! operand, is read in its stored order (across rows it decodes ~15× slower); for many rows
-//! (prefill, training) `x·Wᵀ` leaves the output in `x`'s row order.
+//! step. For a few rows (decoding) the forward is the packed-weight kernels' dense product
+//! (`distill_quant::cpu::f32_matmul`), which reads the weight, the large operand, in its stored
+//! order with rows of it on each thread (across rows it decodes ~15× slower).
 
 use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::FlexTensor;
@@ -16,9 +16,10 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::gemm::{Mat, gemm_into, parallelism};
-use super::{two_input_op, values, written};
+use super::{tensor, two_input_op, values, written};
+use distill_quant::cpu::f32_matmul;
 
-/// Rows of `x` up to which the product is computed as `(W·xᵀ)ᵀ`.
+/// Rows of `x` up to which the forward reads the weight in its stored order (`(W·xᵀ)ᵀ`).
 const WEIGHT_FIRST_MAX_ROWS: usize = 16;
 
 /// `x·Wᵀ` for `weight` `[out, in]` and `x` `[..., in]`: `[..., out]`, differentiable in both.
@@ -110,39 +111,20 @@ impl LinearOps for Flex {
         let (rows, cols) = rows_of(&shape);
         let out = weight.shape()[0];
         let (xv, wv) = (values(&x), values(&weight));
+        if rows <= WEIGHT_FIRST_MAX_ROWS {
+            // Decoding: the weight read row by row, rows of it on each thread.
+            let mut y = vec![0f32; rows * out];
+            f32_matmul(wv, out, cols, xv, rows, &mut y).expect("shapes checked above");
+            return tensor(y, with_last(&shape, out));
+        }
         let par = parallelism(rows * out * cols);
         let (x, w) = (Mat::rows(xv.as_ptr(), cols), Mat::rows(wv.as_ptr(), cols));
         // SAFETY: `x` is `rows × cols` and `W` is `out × cols`, contiguous; the product writes
         // all of `y`, `rows × out`.
         unsafe {
             written(with_last(&shape, out), |y| {
-                let y = y.as_mut_ptr().cast::<f32>();
-                if rows <= WEIGHT_FIRST_MAX_ROWS {
-                    // yᵀ (out × rows, row stride 1, column stride out) = W·xᵀ.
-                    gemm_into(
-                        out,
-                        rows,
-                        cols,
-                        Mat::cols(y, out),
-                        false,
-                        w,
-                        x.t(),
-                        1.0,
-                        par,
-                    );
-                } else {
-                    gemm_into(
-                        rows,
-                        out,
-                        cols,
-                        Mat::rows(y, out),
-                        false,
-                        x,
-                        w.t(),
-                        1.0,
-                        par,
-                    );
-                }
+                let y = Mat::rows(y.as_mut_ptr().cast(), out);
+                gemm_into(rows, out, cols, y, false, x, w.t(), 1.0, par)
             })
         }
     }
