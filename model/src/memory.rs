@@ -4,10 +4,10 @@
 //! `munmap` when freed. A training step allocates and frees many such buffers (logits over a
 //! 49,152-token vocabulary are 200 KB a position), so every step the kernel zeroes gigabytes
 //! of fresh pages again: 10–14% of a step's time, most of it `clear_page` and page faults
-//! (650,000 faults in one step of the half-size SmolLM2 student; about 3,000 without). [`keep_freed_memory`] turns the per-buffer
-//! `mmap` off and raises the trim threshold to its maximum, so freed buffers go back to
-//! malloc's free lists and the next step reuses them. The cost is a higher resident set: the
-//! process keeps its peak until it exits.
+//! (650,000 faults in one step of the half-size SmolLM2 student; about 3,000 without).
+//! [`keep_freed_memory`] turns the per-buffer `mmap` off and raises the trim threshold to its
+//! maximum, so freed buffers go back to malloc's free lists and the next step reuses them.
+//! The cost is a higher resident set: the process keeps its peak until it exits.
 
 /// Serve large allocations from malloc's heap and keep freed memory for reuse (glibc only;
 /// elsewhere a no-op). Call it at the start of `main`, and of a benchmark so that it measures

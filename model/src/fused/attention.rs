@@ -21,12 +21,11 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::DType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gemm::{Mat, gemm_into};
-use super::{simd, tensor, values};
+use super::{all_f32, simd, tensor, values};
 use crate::layout::BLOCKED;
 
 /// `softmax(scale · q·kᵀ + bias) · v`, differentiable in `q`, `k` and `v`: `q` is
@@ -95,12 +94,11 @@ pub trait AttentionOps: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        _bias: FloatTensor<Self>,
         probs: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = bias;
         composed_backward::<Self>(q, k, v, probs, grad, scale)
     }
 }
@@ -263,10 +261,6 @@ impl Shared {
     }
 }
 
-fn is_f32(tensors: &[&FlexTensor]) -> bool {
-    tensors.iter().all(|t| t.dtype() == DType::F32)
-}
-
 impl AttentionOps for Flex {
     fn masked_attention_probs(
         q: FlexTensor,
@@ -275,7 +269,7 @@ impl AttentionOps for Flex {
         bias: FlexTensor,
         scale: f64,
     ) -> (FlexTensor, FlexTensor) {
-        if !is_f32(&[&q, &k, &v, &bias]) {
+        if !all_f32(&[&q, &k, &v, &bias]) {
             return composed::<Flex>(q, k, v, bias, scale);
         }
         let (q, k, v, bias) = (
@@ -358,7 +352,7 @@ impl AttentionOps for Flex {
         grad: FlexTensor,
         scale: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        if !is_f32(&[&q, &k, &v, &bias, &probs, &grad]) {
+        if !all_f32(&[&q, &k, &v, &bias, &probs, &grad]) {
             return composed_backward::<Flex>(q, k, v, probs, grad, scale);
         }
         let [q, k, v, bias, probs, grad] = [q, k, v, bias, probs, grad].map(|x| x.to_contiguous());

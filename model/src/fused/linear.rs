@@ -13,10 +13,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::DType;
 
 use super::gemm::{Mat, gemm_into, parallelism};
-use super::{tensor, two_input_op, values, written};
+use super::{all_f32, differentiable, tensor, values, written};
 use distill_quant::cpu::f32_matmul;
 
 /// Rows of `x` up to which the forward reads the weight in its stored order (`(W·xᵀ)ᵀ`).
@@ -103,7 +102,7 @@ impl LinearOps for Cube {}
 
 impl LinearOps for Flex {
     fn matmul_wt(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        if !all_f32(&[&x, &weight]) {
             return composed::<Flex>(x, weight);
         }
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
@@ -134,7 +133,7 @@ impl LinearOps for Flex {
         weight: FlexTensor,
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
-        if [&x, &weight, &grad].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&x, &weight, &grad]) {
             return composed_backward::<Flex>(x, weight, grad);
         }
         let [x, weight, grad] = [x, weight, grad].map(|t| t.to_contiguous());
@@ -163,7 +162,15 @@ impl LinearOps for Flex {
 
 impl<B: LinearOps, C: CheckpointStrategy> LinearOps for Autodiff<B, C> {
     fn matmul_wt(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        two_input_op::<B, C>(x, weight, B::matmul_wt, B::matmul_wt_backward)
+        differentiable::<B, C, (), 2>(
+            [x, weight],
+            (),
+            |[x, w], ()| B::matmul_wt(x, w),
+            |[x, w], (), grad| {
+                let (dx, dw) = B::matmul_wt_backward(x, w, grad);
+                [dx, dw]
+            },
+        )
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! burn composes cross-entropy, attention, SiLU, RMSNorm and RoPE from elementwise operations and
 //! products: a dozen passes over the tensor forward and backward, each single-threaded with a
-//! scalar `exp`.
-//! The top-k forward KL of distillation is the same story over the vocabulary.
+//! scalar `exp`; the top-k forward KL of distillation is the same story over the vocabulary,
+//! and its matrix product zeroes and then copies every output ([`linear`]).
 //! On [`Flex`] (burn's CPU backend) these operations take one to three passes, rows in parallel
 //! (rayon), vectorized ([`simd`]); on the other backends (WGPU) they are the same maths composed
 //! from burn's operations.
@@ -38,52 +38,64 @@ use burn::backend::autodiff::{
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::prelude::{Shape, TensorData};
+use burn::tensor::DType;
+use std::fmt::Debug;
 use std::mem::MaybeUninit;
 
-/// The autodiff side of a fused operation of two float inputs whose backward reads both
-/// inputs: `forward(a, b)`, and `backward(a, b, grad) = (da, db)`.
-fn two_input_op<B: Backend, C: CheckpointStrategy>(
-    a: FloatTensor<Autodiff<B, C>>,
-    b: FloatTensor<Autodiff<B, C>>,
-    forward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-    backward: TwoInputBackwardFn<B>,
-) -> FloatTensor<Autodiff<B, C>> {
-    match (TwoInputBackward { backward })
-        .prepare::<C>([a.node(), b.node()])
+/// The autodiff side of a fused operation differentiable in its `N` float inputs, whose
+/// backward reads those inputs and `extra` (token ids, a parameter): `forward(inputs, extra)`,
+/// and `backward(inputs, extra, grad)` gives the inputs' gradients.
+fn differentiable<B, C, S, const N: usize>(
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    extra: S,
+    forward: fn([FloatTensor<B>; N], S) -> FloatTensor<B>,
+    backward: BackwardFn<B, S, N>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    S: Clone + Send + Debug + 'static,
+{
+    let nodes = inputs.each_ref().map(|x| x.node());
+    match (FusedBackward { backward })
+        .prepare::<C>(nodes)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (a, b) = (a.into_primitive(), b.into_primitive());
-            let out = forward(a.clone(), b.clone());
-            prep.finish((a, b), out)
+            let inputs = inputs.map(|x| x.into_primitive());
+            let out = forward(inputs.clone(), extra.clone());
+            prep.finish((inputs, extra), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(a.into_primitive(), b.into_primitive())),
+        OpsKind::UnTracked(prep) => prep.finish(forward(inputs.map(|x| x.into_primitive()), extra)),
     }
 }
 
-/// `(a, b, grad) -> (da, db)`.
-type TwoInputBackwardFn<B> =
-    fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>);
+/// `(inputs, extra, grad) -> the inputs' gradients`.
+type BackwardFn<B, S, const N: usize> =
+    fn([FloatTensor<B>; N], S, FloatTensor<B>) -> [FloatTensor<B>; N];
 
 #[derive(Debug)]
-struct TwoInputBackward<B: Backend> {
-    backward: TwoInputBackwardFn<B>,
+struct FusedBackward<B: Backend, S, const N: usize> {
+    backward: BackwardFn<B, S, N>,
 }
 
-impl<B: Backend> Backward<B, 2> for TwoInputBackward<B> {
-    type State = (FloatTensor<B>, FloatTensor<B>);
+impl<B: Backend, S, const N: usize> Backward<B, N> for FusedBackward<B, S, N>
+where
+    S: Clone + Send + Debug + 'static,
+{
+    type State = ([FloatTensor<B>; N], S);
 
     fn backward(
         self,
-        ops: Ops<Self::State, 2>,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
         let grad = grads.consume::<B>(&ops.node);
-        let (a, b) = ops.state;
-        let (da, db) = (self.backward)(a, b, grad);
-        for (node, g) in ops.parents.into_iter().zip([da, db]) {
+        let (inputs, extra) = ops.state;
+        let d = (self.backward)(inputs, extra, grad);
+        for (node, g) in ops.parents.into_iter().zip(d) {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
             }
@@ -107,6 +119,11 @@ unsafe fn written(shape: Shape, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> F
     // SAFETY: `fill` wrote all `n` values.
     unsafe { v.set_len(n) };
     tensor(v, shape)
+}
+
+/// Whether every tensor is f32 (the fused kernels' type; others take the composed path).
+fn all_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// The values of a contiguous f32 tensor.

@@ -3,21 +3,16 @@
 //! Composed, it was 40% of a pretraining step with a 49k-token vocabulary; fused on the CPU it
 //! reads the logits twice forward and writes the gradient over them backward.
 
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-};
+use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::{DType, IndexingUpdateOp};
+use burn::tensor::IndexingUpdateOp;
 use rayon::prelude::*;
 
 use super::simd::{log_sum_exp, scaled_exp};
-use super::{checked_ids, values, values_mut};
+use super::{all_f32, checked_ids, differentiable, values, values_mut};
 
 /// `logits [rows, vocab]`, `targets [rows]` → `[rows]`: each row's negative log-likelihood of
 /// its target, differentiable in `logits`.
@@ -79,7 +74,7 @@ impl RowNllOps for Cube {}
 
 impl RowNllOps for Flex {
     fn row_nll(logits: FlexTensor, targets: FlexTensor) -> FlexTensor {
-        if logits.dtype() != DType::F32 {
+        if !all_f32(&[&logits]) {
             return composed_row_nll::<Flex>(logits, targets);
         }
         let logits = logits.to_contiguous();
@@ -95,7 +90,7 @@ impl RowNllOps for Flex {
     }
 
     fn row_nll_backward(logits: FlexTensor, targets: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        if logits.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+        if !all_f32(&[&logits, &grad]) {
             return composed_row_nll_backward::<Flex>(logits, targets, grad);
         }
         // The gradient overwrites the logits, which the graph no longer needs (copied first if
@@ -119,39 +114,12 @@ impl RowNllOps for Flex {
 
 impl<B: RowNllOps, C: CheckpointStrategy> RowNllOps for Autodiff<B, C> {
     fn row_nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct RowNllBackward;
-
-        impl<B: RowNllOps> Backward<B, 1> for RowNllBackward {
-            type State = (FloatTensor<B>, IntTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (logits, targets) = ops.state;
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, B::row_nll_backward(logits, targets, grad));
-                }
-            }
-        }
-
-        match RowNllBackward
-            .prepare::<C>([logits.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = logits.primitive().clone();
-                let out = B::row_nll(x.clone(), targets.clone());
-                prep.finish((x, targets), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::row_nll(logits.into_primitive(), targets)),
-        }
+        differentiable::<B, C, IntTensor<B>, 1>(
+            [logits],
+            targets,
+            |[logits], targets| B::row_nll(logits, targets),
+            |[logits], targets, grad| [B::row_nll_backward(logits, targets, grad)],
+        )
     }
 }
 

@@ -3,20 +3,14 @@
 //! `dw = Σ_rows g ⊙ x·r`. Fused on the CPU it is two passes over the rows forward and three
 //! backward, where burn's composed norm takes six forward and a dozen backward.
 
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-};
+use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{simd, values, values_mut};
+use super::{all_f32, differentiable, simd, values, values_mut};
 
 /// `x / sqrt(mean(x², last dim) + eps) ⊙ weight`, differentiable in `x` and `weight`.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -116,7 +110,7 @@ fn task_len(x: &FlexTensor) -> (usize, usize) {
 
 impl RmsNormOps for Flex {
     fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        if !all_f32(&[&x, &weight]) {
             return composed::<Flex>(x, weight, eps);
         }
         let mut x = x.to_contiguous();
@@ -135,7 +129,7 @@ impl RmsNormOps for Flex {
         grad: FlexTensor,
         eps: f64,
     ) -> (FlexTensor, FlexTensor) {
-        if [&x, &weight, &grad].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&x, &weight, &grad]) {
             return composed_backward::<Flex>(x, weight, grad, eps);
         }
         let x = x.to_contiguous();
@@ -165,49 +159,15 @@ impl RmsNormOps for Flex {
 
 impl<B: RmsNormOps, C: CheckpointStrategy> RmsNormOps for Autodiff<B, C> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct RmsNormBackward {
-            eps: f64,
-        }
-
-        impl<B: RmsNormOps> Backward<B, 2> for RmsNormBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [x_node, w_node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, w) = ops.state;
-                let (d_x, d_w) = B::rms_norm_backward(x, w, grad, self.eps);
-                if let Some(node) = x_node {
-                    grads.register::<B>(node.id, d_x);
-                }
-                if let Some(node) = w_node {
-                    grads.register::<B>(node.id, d_w);
-                }
-            }
-        }
-
-        match (RmsNormBackward { eps })
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, w) = (x.into_primitive(), weight.into_primitive());
-                let out = B::rms_norm(x.clone(), w.clone(), eps);
-                prep.finish((x, w), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(
-                x.into_primitive(),
-                weight.into_primitive(),
-                eps,
-            )),
-        }
+        differentiable::<B, C, f64, 2>(
+            [x, weight],
+            eps,
+            |[x, w], eps| B::rms_norm(x, w, eps),
+            |[x, w], eps, grad| {
+                let (d_x, d_w) = B::rms_norm_backward(x, w, grad, eps);
+                [d_x, d_w]
+            },
+        )
     }
 }
 

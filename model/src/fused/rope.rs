@@ -13,10 +13,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::{DType, Slice};
+use burn::tensor::Slice;
 use rayon::prelude::*;
 
-use super::{simd, values, values_mut};
+use super::{all_f32, simd, values, values_mut};
 
 /// `x ⊙ cos + rotate_half(x) ⊙ sin` for `x [batch, heads, seq, head_dim]` and tables
 /// `[batch, 1, seq, head_dim]`, differentiable in `x` (the tables get no gradient).
@@ -122,14 +122,14 @@ fn per_head(
 
 impl RopeOps for Flex {
     fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
-        if [&x, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&x, &cos, &sin]) {
             return composed::<Flex>(x, cos, sin);
         }
         per_head(x, cos, sin, simd::rope)
     }
 
     fn rope_backward(grad: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
-        if [&grad, &cos, &sin].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&grad, &cos, &sin]) {
             return composed_backward::<Flex>(grad, cos, sin);
         }
         per_head(grad, cos, sin, simd::rope_backward)

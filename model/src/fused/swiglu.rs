@@ -8,10 +8,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{simd, tensor, two_input_op, values, written};
+use super::{all_f32, differentiable, simd, tensor, values, written};
 
 /// `silu(gate) ⊙ up` for tensors of one shape, differentiable in both.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
@@ -76,7 +75,7 @@ const MIN_ELEMENTS: usize = 16_384;
 
 impl SwigluOps for Flex {
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
-        if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        if !all_f32(&[&gate, &up]) {
             return composed::<Flex>(gate, up);
         }
         let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
@@ -96,7 +95,7 @@ impl SwigluOps for Flex {
         up: FlexTensor,
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
-        if [&gate, &up, &grad].iter().any(|t| t.dtype() != DType::F32) {
+        if !all_f32(&[&gate, &up, &grad]) {
             return composed_backward::<Flex>(gate, up, grad);
         }
         let [gate, up, grad] = [gate, up, grad].map(|t| t.to_contiguous());
@@ -120,7 +119,15 @@ impl SwigluOps for Flex {
 
 impl<B: SwigluOps, C: CheckpointStrategy> SwigluOps for Autodiff<B, C> {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        two_input_op::<B, C>(gate, up, B::swiglu, B::swiglu_backward)
+        differentiable::<B, C, (), 2>(
+            [gate, up],
+            (),
+            |[gate, up], ()| B::swiglu(gate, up),
+            |[gate, up], (), grad| {
+                let (d_gate, d_up) = B::swiglu_backward(gate, up, grad);
+                [d_gate, d_up]
+            },
+        )
     }
 }
 

@@ -16,23 +16,18 @@
 //! backward); fused on the CPU it reads a row three times forward and writes the gradient over
 //! the logits backward.
 
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
-};
+use burn::backend::autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{
     Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension, get_or_init_device_settings,
 };
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType, IndexingUpdateOp};
+use burn::tensor::{FloatDType, IndexingUpdateOp};
 use rayon::prelude::*;
 
 use super::simd::{exp_sum, log_sum_exp, scaled_exp};
-use super::{checked_ids, values, values_mut};
+use super::{all_f32, checked_ids, differentiable, values, values_mut};
 
 /// Smallest tail mass used in a log: an empty or numerically negative tail sits here on both
 /// sides and so adds nothing to the divergence.
@@ -253,7 +248,7 @@ impl TopKForwardKlOps for Flex {
         teacher: FlexTensor,
         temperature: f64,
     ) -> FlexTensor {
-        if logits.dtype() != DType::F32 || teacher.dtype() != DType::F32 {
+        if !all_f32(&[&logits, &teacher]) {
             return composed::<Flex>(logits, ids, teacher, temperature);
         }
         let logits = logits.to_contiguous();
@@ -296,10 +291,7 @@ impl TopKForwardKlOps for Flex {
         temperature: f64,
         grad: FlexTensor,
     ) -> FlexTensor {
-        if [&logits, &teacher, &grad]
-            .iter()
-            .any(|t| t.dtype() != DType::F32)
-        {
+        if !all_f32(&[&logits, &teacher, &grad]) {
             return composed_backward::<Flex>(logits, ids, teacher, temperature, grad);
         }
         // The gradient overwrites the logits, which the graph no longer needs (copied first if
@@ -343,46 +335,16 @@ impl<B: TopKForwardKlOps, C: CheckpointStrategy> TopKForwardKlOps for Autodiff<B
         teacher: FloatTensor<Self>,
         temperature: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct TopKForwardKlBackward;
-
-        impl<B: TopKForwardKlOps> Backward<B, 1> for TopKForwardKlBackward {
-            type State = (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, f64);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (logits, ids, teacher, tau) = ops.state;
-                if let Some(node) = parent {
-                    let d = B::top_k_forward_kl_backward(logits, ids, teacher, tau, grad);
-                    grads.register::<B>(node.id, d);
-                }
-            }
-        }
-
-        let teacher = teacher.into_primitive();
-        match TopKForwardKlBackward
-            .prepare::<C>([logits.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = logits.primitive().clone();
-                let out = B::top_k_forward_kl(x.clone(), ids.clone(), teacher.clone(), temperature);
-                prep.finish((x, ids, teacher, temperature), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::top_k_forward_kl(
-                logits.into_primitive(),
-                ids,
-                teacher,
-                temperature,
-            )),
-        }
+        differentiable::<B, C, (IntTensor<B>, FloatTensor<B>, f64), 1>(
+            [logits],
+            (ids, teacher.into_primitive(), temperature),
+            |[logits], (ids, teacher, tau)| B::top_k_forward_kl(logits, ids, teacher, tau),
+            |[logits], (ids, teacher, tau), grad| {
+                [B::top_k_forward_kl_backward(
+                    logits, ids, teacher, tau, grad,
+                )]
+            },
+        )
     }
 }
 
