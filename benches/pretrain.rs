@@ -8,11 +8,14 @@
 //! tied embeddings (like SmolLM2), RoPE base 10000, RMSNorm eps 1e-5; seeded random weights and
 //! token ids; vocabularies 4096 and 49152. `scripts/bench-pretrain` runs it beside the same
 //! model and step in PyTorch (`scripts/bench_pretrain_torch.py`) and reports the ratio.
+//!
+//! `DISTILL_BENCH_DEVICE=wgpu` runs the same step on burn's WGPU backend (a GPU, else a software
+//! adapter) instead, beside `bench_pretrain_torch.py --device cuda` on an NVIDIA GPU.
 
-use burn::prelude::*;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use distill_model::LlamaConfig;
 use distill_model::data::PackedWindows;
+use distill_model::device::DeviceChoice;
 use distill_model::train::{TrainConfig, apply_step, optimizer, step_gradients};
 use distill_teacher::pretrain::LanguageModeling;
 use rand::rngs::StdRng;
@@ -39,13 +42,20 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 fn pretrain_step(c: &mut Criterion) {
     distill_model::memory::keep_freed_memory();
-    let device = Device::flex().autodiff();
+    let choice: DeviceChoice = std::env::var("DISTILL_BENCH_DEVICE")
+        .map_or(Ok(DeviceChoice::Flex), |d| d.parse())
+        .expect("DISTILL_BENCH_DEVICE: flex or wgpu");
+    let device = choice.open().expect("the benchmark's device").autodiff();
     let train = TrainConfig {
         batch_size: BATCH,
         seq_len: SEQ,
         ..TrainConfig::default()
     };
-    let mut group = c.benchmark_group("pretrain_4l_256");
+    let name = match choice {
+        DeviceChoice::Flex => "pretrain_4l_256".to_string(),
+        other => format!("pretrain_4l_256_{other}"),
+    };
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
@@ -61,7 +71,8 @@ fn pretrain_step(c: &mut Criterion) {
             b.iter(|| {
                 // The body of the loop in `train::train`.
                 let m = model.take().expect("the model between steps");
-                let (grads, loss) = step_gradients(&m, &mut task, &train, step);
+                let (grads, loss) = step_gradients(&m, &mut task, &train, step)
+                    .expect("the step runs on the device");
                 black_box(loss);
                 model = Some(apply_step(m, grads, &mut optim, &train, step).0);
                 step += 1;

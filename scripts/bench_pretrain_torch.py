@@ -1,4 +1,4 @@
-"""Pretraining throughput of PyTorch on the CPU, the reference for `benches/pretrain.rs`.
+"""Pretraining throughput of PyTorch, on the CPU or a CUDA GPU: the reference for `benches/pretrain.rs`.
 
 The same model and step as the criterion bench: `transformers.LlamaForCausalLM` in f32 with
 4 layers, hidden 256, MLP 768, 4 attention heads over 2 KV heads of 64, tied embeddings, RoPE
@@ -9,6 +9,7 @@ norms). Seeded random weights and token ids. Warm-up steps, then timed steps; pr
 line per vocabulary with tokens/s from the median step time.
 
     usage: bench_pretrain_torch.py [--vocab 4096 49152] [--threads N] [--warmup 3] [--steps 10]
+                                   [--device cpu|cuda]
 """
 
 import argparse
@@ -30,6 +31,7 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     args = p.parse_args()
     for name in ("threads", "steps"):
         if getattr(args, name) < 1:
@@ -39,7 +41,7 @@ def parse_args():
     return args
 
 
-def model_and_optimizer(vocab, seed):
+def model_and_optimizer(vocab, seed, device):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -58,7 +60,7 @@ def model_and_optimizer(vocab, seed):
         use_cache=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32).train()
+    model = LlamaForCausalLM(config).to(torch.float32).train().to(device)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if name.endswith(("norm.weight", ".bias")) else decay).append(param)
@@ -75,10 +77,10 @@ def bench(vocab, args):
     import torch
     import torch.nn.functional as F
 
-    model, optim = model_and_optimizer(vocab, args.seed)
+    model, optim = model_and_optimizer(vocab, args.seed, args.device)
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(args.seed)
-    windows = torch.randint(0, vocab, (WINDOWS, SEQ + 1), generator=gen)
+    windows = torch.randint(0, vocab, (WINDOWS, SEQ + 1), generator=gen).to(args.device)
 
     def step(i):
         rows = [(i * BATCH + r) % WINDOWS for r in range(BATCH)]
@@ -91,6 +93,8 @@ def bench(vocab, args):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
     for i in range(args.warmup):
         step(i)
@@ -107,6 +111,7 @@ def bench(vocab, args):
         "step_ms_median": median * 1e3,
         "steps_timed": args.steps,
         "warmup_steps": args.warmup,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in params),
         "attn_implementation": model.config._attn_implementation,

@@ -364,3 +364,60 @@ fn attention_and_its_gradients_match_the_cpu() {
     println!("wgpu vs flex attention: max |Δ| output, dq, dk, dv {diffs:?}");
     assert!(diffs.iter().all(|&x| x <= 1e-5), "{diffs:?}");
 }
+
+/// A training step whose logits need a larger buffer than the adapter binds is a clear
+/// `TrainError::Device` naming the allocation, not a panic; where the adapter binds them
+/// (a GPU driver), the same step trains. Logits of 1,024 rows × 40,960 tokens are 168 MB,
+/// above the 128 MiB of Mesa's software Vulkan.
+#[test]
+fn a_step_too_large_for_the_adapter_is_a_clear_error() {
+    use burn::backend::DispatchDevice;
+    use distill_model::data::PackedWindows;
+    use distill_model::train::{TrainConfig, TrainError, step_gradients};
+    use distill_teacher::pretrain::LanguageModeling;
+
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)");
+    let limit = match gpu.clone().as_dispatch() {
+        DispatchDevice::Cube(d) => d.client().properties().memory.max_page_size,
+        other => panic!("WGPU opened {other:?}"),
+    };
+    let (vocab, seq, batch) = (40_960usize, 256, 4);
+    let logits_bytes = (batch * seq * vocab * 4) as u64;
+    let device = gpu.autodiff();
+    let tokens: Vec<u32> = (0..batch * seq + 1)
+        .map(|i| (i * 7919 % vocab) as u32)
+        .collect();
+    let windows = PackedWindows::new(tokens, seq, 1, "test tokens").unwrap();
+    let mut task = LanguageModeling::new(windows, None, batch, &device);
+    let model = LlamaConfig::llama(vocab, 8, 16, 1, 2, 1).init(&device, 1);
+    let train = TrainConfig {
+        batch_size: batch,
+        seq_len: seq,
+        ..TrainConfig::default()
+    };
+    match step_gradients(&model, &mut task, &train, 0) {
+        Ok((_, loss)) => {
+            assert!(
+                logits_bytes <= limit,
+                "{logits_bytes} B of logits ran with a {limit} B limit"
+            );
+            assert!(loss.is_finite(), "{loss}");
+        }
+        Err(e @ TrainError::Device { .. }) => {
+            println!("{e}");
+            assert!(
+                logits_bytes > limit,
+                "failed within the limit ({limit} B): {e}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("step 1") && text.contains("allocate"),
+                "{text}"
+            );
+            assert!(text.contains("lower batch_size or seq_len"), "{text}");
+        }
+        Err(e) => panic!("another error: {e}"),
+    }
+}

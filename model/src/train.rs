@@ -157,6 +157,14 @@ pub enum TrainError {
     /// The settings are invalid.
     #[error("{0}")]
     Config(String),
+    /// The device could not run a step, most often a tensor larger than a GPU buffer.
+    #[error(
+        "step {step}: the device could not run it: {reason}. On WGPU each tensor must fit one \
+         storage buffer of the adapter (Mesa's software Vulkan binds at most 128 MiB); the \
+         largest is usually the logits, batch_size × seq_len × vocabulary × 4 bytes: lower \
+         batch_size or seq_len and raise grad_accum"
+    )]
+    Device { step: usize, reason: String },
 }
 
 fn ckpt_err(path: &Path, reason: impl ToString) -> TrainError {
@@ -290,17 +298,17 @@ pub fn step_gradients<M: Module, T: TrainTask<M>>(
     task: &mut T,
     config: &TrainConfig,
     step: usize,
-) -> (GradientsParams, f64) {
+) -> Result<(GradientsParams, f64), TrainError> {
     let mut accumulator = GradientsAccumulator::new();
     let mut loss_sum = 0.0;
     for micro in 0..config.grad_accum {
         let loss = task.train_loss(model, step * config.grad_accum + micro);
         let loss = loss.div_scalar(config.grad_accum as f64);
-        loss_sum += scalar(loss.clone().detach());
+        loss_sum += scalar(loss.clone().detach(), step + 1)?;
         let grads = GradientsParams::from_grads(loss.backward(), model);
         accumulator.accumulate(model, grads);
     }
-    (accumulator.grads(), loss_sum)
+    Ok((accumulator.grads(), loss_sum))
 }
 
 /// Clips `grads` to `grad_clip` and takes `optim`'s step at step `step`'s learning rate;
@@ -415,8 +423,19 @@ impl Checkpoints {
     }
 }
 
-fn scalar(loss: Tensor<1>) -> f64 {
-    loss.into_scalar::<f32>() as f64
+/// The value of a scalar loss; a failure on the device (reported when the value is read)
+/// becomes [`TrainError::Device`] for step `step`, with the failure's most telling line.
+fn scalar(loss: Tensor<1>, step: usize) -> Result<f64, TrainError> {
+    loss.try_into_scalar::<f32>().map(f64::from).map_err(|e| {
+        let text = e.to_string();
+        let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let reason = lines()
+            .find(|l| l.contains("allocate"))
+            .or_else(|| lines().next())
+            .unwrap_or("unknown error")
+            .to_string();
+        TrainError::Device { step, reason }
+    })
 }
 
 /// Runs the loop on `model` (whose parameters live on an autodiff device), checkpointing into
@@ -463,7 +482,8 @@ where
     let stop = control.stop_after.unwrap_or(usize::MAX).min(config.steps);
     while state.step < stop {
         let step = state.step;
-        let (grads, loss) = step_gradients(&model, task, config, step);
+        let (grads, loss) =
+            step_gradients(&model, task, config, step).inspect_err(|_| bar.abandon())?;
         let mean = state.loss_mean.unwrap_or(loss);
         let first = state.history.first().map_or(loss, |p| p.train);
         let diverged = if !loss.is_finite() {
@@ -494,14 +514,18 @@ where
         let last = state.step == config.steps;
         let evaluate =
             last || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every));
-        let valid = (evaluate && task.valid_batches() > 0).then(|| {
+        let valid = if evaluate && task.valid_batches() > 0 {
             let n = task.valid_batches().min(config.eval_batches.max(1));
             let valid_model = model.valid();
-            (0..n)
-                .map(|j| scalar(task.valid_loss(&valid_model, j)))
-                .sum::<f64>()
-                / n as f64
-        });
+            let mut sum = 0.0;
+            for j in 0..n {
+                sum += scalar(task.valid_loss(&valid_model, j), state.step)
+                    .inspect_err(|_| bar.abandon())?;
+            }
+            Some(sum / n as f64)
+        } else {
+            None
+        };
         state.history.push(LossPoint {
             step: state.step,
             train: loss,
