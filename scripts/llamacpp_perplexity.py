@@ -50,10 +50,32 @@ def ids(tokenizer_json, data, window, windows, out):
     print(json.dumps({"tokens": len(stream), "windows": n, "window": window, "eos": eos}))
 
 
+def without_extra_buffer_types():
+    """Loads models without llama.cpp's extra CPU buffer types (the AMX and repacked layouts).
+
+    Built with -march=native on a Sapphire Rapids VM, llama.cpp's AMX matrix product
+    (`ggml_backend_amx_mul_mat`) crashed with a segmentation fault at the first evaluation of
+    any model. Without the extra buffer types the CPU backend's own kernels run the same
+    quantized products. `Llama` exposes no flag for it, so its default model parameters are
+    wrapped.
+    """
+    import llama_cpp.llama_cpp as c
+
+    default = c.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    c.llama_model_default_params = params
+
+
 def ppl(gguf, ids_json, window, threads):
     import numpy as np
     from llama_cpp import Llama
 
+    without_extra_buffer_types()
     flat = json.load(open(ids_json))
     llm = Llama(
         model_path=gguf,

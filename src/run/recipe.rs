@@ -427,8 +427,10 @@ fn owned(key: &str, set: bool) -> Result<()> {
     Ok(())
 }
 
-/// A quantized variant's name suffix: the scheme, `-asym` when asymmetric, and the method
-/// when it is not RTN (`q4_0-gptq`).
+/// A quantized variant's name suffix: the scheme, `-asym` when asymmetric, the method when it
+/// is not RTN, and each search flag that is set (`q4_0-gptq`,
+/// `int4-g64-awq-gptq-act-order-weighted-scale-search`), so variants that differ only in a flag
+/// get their own folders.
 pub fn variant_suffix(q: &QuantizeSettings) -> String {
     let mut s = q.scheme.to_ascii_lowercase();
     if q.asym {
@@ -437,6 +439,16 @@ pub fn variant_suffix(q: &QuantizeSettings) -> String {
     if q.method != "rtn" {
         s.push('-');
         s.push_str(&q.method.replace('+', "-"));
+    }
+    let flags = [
+        (q.act_order, "act-order"),
+        (q.weighted_scale_search, "weighted-scale-search"),
+        (q.scale_search && !q.weighted_scale_search, "scale-search"),
+        (q.true_sequential, "true-sequential"),
+    ];
+    for (_, flag) in flags.iter().filter(|(set, _)| *set) {
+        s.push('-');
+        s.push_str(flag);
     }
     s
 }
@@ -473,6 +485,39 @@ mod tests {
         assert_eq!(s.kd.as_ref().unwrap().train.steps, 3);
         assert_eq!(s.quantize[0].calib.as_ref(), Some(&r.recipe.data.train));
         assert_eq!(variant_suffix(&s.quantize[0]), "q4_0-gptq");
+    }
+
+    #[test]
+    fn variants_differing_in_a_search_flag_get_their_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = "[[student.quantize]]\nscheme = \"int4-g64\"\nmethod = \"awq+gptq\"\n";
+        let body = base(dir.path())
+            + q
+            + q
+            + "act_order = true\nweighted_scale_search = true\n"
+            + q
+            + "scale_search = true\ntrue_sequential = true\n";
+        let r = load(&write(dir.path(), &body)).unwrap();
+        let names: Vec<String> = r.recipe.students[0]
+            .quantize
+            .iter()
+            .map(variant_suffix)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "int4-g64-awq-gptq",
+                "int4-g64-awq-gptq-act-order-weighted-scale-search",
+                "int4-g64-awq-gptq-scale-search-true-sequential",
+            ]
+        );
+        let Err(err) = load(&write(dir.path(), &(base(dir.path()) + q + q))) else {
+            panic!("two identical variants were accepted");
+        };
+        assert!(
+            format!("{err:#}").contains("a second variant `int4-g64-awq-gptq`"),
+            "{err:#}"
+        );
     }
 
     #[test]

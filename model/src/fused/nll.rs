@@ -10,9 +10,10 @@ use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_exten
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-use super::simd::{log_sum_exp, scaled_exp};
-use super::{all_f32, checked_ids, differentiable, values, values_mut};
+use super::simd::{log_sum_exp, scaled_exp, scaled_exp_into};
+use super::{all_f32, checked_ids, differentiable, values, values_mut, written};
 
 /// `logits [rows, vocab]`, `targets [rows]` → `[rows]`: each row's negative log-likelihood of
 /// its target, differentiable in `logits`.
@@ -93,22 +94,41 @@ impl RowNllOps for Flex {
         if !all_f32(&[&logits, &grad]) {
             return composed_row_nll_backward::<Flex>(logits, targets, grad);
         }
-        // The gradient overwrites the logits, which the graph no longer needs (copied first if
-        // they are shared): no second `[rows, vocab]` buffer.
-        let mut logits = logits.to_contiguous();
+        let logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
         let t = checked_ids(targets, rows, vocab, "row_nll");
         let g = grad.to_contiguous();
         let g = values(&g);
-        values_mut(&mut logits)
-            .par_chunks_mut(vocab)
-            .zip(t.par_iter().zip(g.par_iter()))
-            .for_each(|(row, (&t, &g))| {
-                let lse = log_sum_exp(row);
-                scaled_exp(row, lse, g);
-                row[t] -= g;
-            });
-        logits
+        if logits.is_unique() {
+            // The gradient overwrites the logits, which the graph no longer needs: no second
+            // `[rows, vocab]` buffer.
+            let mut logits = logits;
+            values_mut(&mut logits)
+                .par_chunks_mut(vocab)
+                .zip(t.par_iter().zip(g.par_iter()))
+                .for_each(|(row, (&t, &g))| {
+                    let lse = log_sum_exp(row);
+                    scaled_exp(row, lse, g);
+                    row[t] -= g;
+                });
+            return logits;
+        }
+        // Shared logits are read once into a fresh gradient, rather than copied and overwritten.
+        let x = values(&logits);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(vocab)
+                .zip(x.par_chunks(vocab))
+                .zip(t.par_iter().zip(g.par_iter()))
+                .for_each(|((out, row), (&t, &g))| {
+                    let lse = log_sum_exp(row);
+                    scaled_exp_into(row, out, lse, g);
+                    // SAFETY: written just above.
+                    let picked = unsafe { out[t].assume_init() };
+                    out[t].write(picked - g);
+                });
+        };
+        // SAFETY: `fill` writes every row of the output.
+        unsafe { written(logits.shape(), fill) }
     }
 }
 
@@ -214,5 +234,25 @@ mod tests {
         let fused = v(Flex::row_nll_backward(x.clone(), t.clone(), g.clone()));
         let composed = v(composed_row_nll_backward::<Flex>(x, t, g));
         assert!(max_abs_diff(&fused, &composed) < 1e-5);
+    }
+
+    /// The backward writes unique logits in place and reads shared ones into a fresh buffer,
+    /// leaving them as they were: the two give the same bits.
+    #[test]
+    fn backward_of_shared_and_unique_logits_agree() {
+        let (rows, vocab) = (7, 523);
+        let (x, t) = case(rows, vocab, 20.0, 11);
+        let g: Vec<f32> = (0..rows).map(|i| 0.25 * i as f32 - 0.5).collect();
+        let x = FlexTensor::from_data(TensorData::new(x, [rows, vocab]));
+        let t = FlexTensor::from_data(TensorData::new(t, [rows]));
+        let g = FlexTensor::from_data(TensorData::new(g, [rows]));
+        let v = |t: &FlexTensor| t.clone().into_data().try_to_vec::<f32>().unwrap();
+        let before = v(&x);
+        let shared = Flex::row_nll_backward(x.clone(), t.clone(), g.clone());
+        assert_eq!(v(&x), before, "the shared logits were changed");
+        let unique = FlexTensor::from_data(TensorData::new(before, [rows, vocab]));
+        assert!(unique.is_unique());
+        let in_place = Flex::row_nll_backward(unique, t, g);
+        assert_eq!(v(&shared), v(&in_place));
     }
 }
