@@ -1125,7 +1125,9 @@ pub fn summarize(
             Split::Test => {
                 files.insert("prompts.test.jsonl".into(), s.questions.len());
             }
-            Split::Validation => {}
+            Split::Validation => {
+                files.insert("prompts.validation.jsonl".into(), s.questions.len());
+            }
         }
     }
     files.insert("facts.jsonl".into(), facts);
@@ -1201,6 +1203,13 @@ pub fn write_set(
     write(
         "prompts.test.jsonl",
         write_jsonl(&staged.join("prompts.test.jsonl"), &prompts(Split::Test)),
+    )?;
+    write(
+        "prompts.validation.jsonl",
+        write_jsonl(
+            &staged.join("prompts.validation.jsonl"),
+            &prompts(Split::Validation),
+        ),
     )?;
     write(
         "facts.jsonl",
@@ -1532,6 +1541,7 @@ Zap 0.3                          2024-03-03                      zapctl(1)
                 "facts.jsonl",
                 "prompts.test.jsonl",
                 "prompts.train.jsonl",
+                "prompts.validation.jsonl",
                 "rankings.test.jsonl",
                 "rankings.train.jsonl",
                 "rankings.validation.jsonl",
