@@ -28,7 +28,6 @@ pub use rope::rope;
 pub use swiglu::swiglu;
 pub use top_k_kl::top_k_forward_kl;
 
-use burn::backend::Backend;
 use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -37,6 +36,7 @@ use burn::backend::autodiff::{
 };
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
 use burn::prelude::{Shape, TensorData};
 use burn::tensor::DType;
 use std::fmt::Debug;
@@ -119,6 +119,32 @@ unsafe fn written(shape: Shape, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> F
     // SAFETY: `fill` wrote all `n` values.
     unsafe { v.set_len(n) };
     tensor(v, shape)
+}
+
+/// Each row of the contiguous f32 `x` `[rows, width]` rewritten by `f(row index, row)`, in
+/// parallel: in place when `x` is unique, else into a fresh buffer, each row copied there just
+/// before `f` runs on it (one pass while the row is in cache, rather than a copy of the whole
+/// tensor first). The backward passes that turn logits into their gradient use it: the graph
+/// may still hold the logits.
+fn rewrite_rows(x: FlexTensor, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> FlexTensor {
+    use rayon::prelude::*;
+    if x.is_unique() {
+        let mut x = x;
+        values_mut(&mut x)
+            .par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+        return x;
+    }
+    let src = values(&x);
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(width)
+            .zip(src.par_chunks(width))
+            .enumerate()
+            .for_each(|(i, (out, src))| f(i, out.write_copy_of_slice(src)));
+    };
+    // SAFETY: every row of the output is written by `write_copy_of_slice`.
+    unsafe { written(x.shape(), fill) }
 }
 
 /// Whether every tensor is f32 (the fused kernels' type; others take the composed path).

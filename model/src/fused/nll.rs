@@ -10,10 +10,9 @@ use burn::backend::{Backend, Cube, Dispatch, Flex, TensorMetadata, backend_exten
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 
-use super::simd::{log_sum_exp, scaled_exp, scaled_exp_into};
-use super::{all_f32, checked_ids, differentiable, values, values_mut, written};
+use super::simd::{log_sum_exp, scaled_exp};
+use super::{all_f32, checked_ids, differentiable, rewrite_rows, values};
 
 /// `logits [rows, vocab]`, `targets [rows]` → `[rows]`: each row's negative log-likelihood of
 /// its target, differentiable in `logits`.
@@ -94,41 +93,18 @@ impl RowNllOps for Flex {
         if !all_f32(&[&logits, &grad]) {
             return composed_row_nll_backward::<Flex>(logits, targets, grad);
         }
+        // The gradient replaces the logits, which the graph no longer needs: in place, or
+        // row by row into a fresh buffer when they are shared.
         let logits = logits.to_contiguous();
         let (rows, vocab) = dims_of(&logits);
         let t = checked_ids(targets, rows, vocab, "row_nll");
         let g = grad.to_contiguous();
         let g = values(&g);
-        if logits.is_unique() {
-            // The gradient overwrites the logits, which the graph no longer needs: no second
-            // `[rows, vocab]` buffer.
-            let mut logits = logits;
-            values_mut(&mut logits)
-                .par_chunks_mut(vocab)
-                .zip(t.par_iter().zip(g.par_iter()))
-                .for_each(|(row, (&t, &g))| {
-                    let lse = log_sum_exp(row);
-                    scaled_exp(row, lse, g);
-                    row[t] -= g;
-                });
-            return logits;
-        }
-        // Shared logits are read once into a fresh gradient, rather than copied and overwritten.
-        let x = values(&logits);
-        let fill = |out: &mut [MaybeUninit<f32>]| {
-            out.par_chunks_mut(vocab)
-                .zip(x.par_chunks(vocab))
-                .zip(t.par_iter().zip(g.par_iter()))
-                .for_each(|((out, row), (&t, &g))| {
-                    let lse = log_sum_exp(row);
-                    scaled_exp_into(row, out, lse, g);
-                    // SAFETY: written just above.
-                    let picked = unsafe { out[t].assume_init() };
-                    out[t].write(picked - g);
-                });
-        };
-        // SAFETY: `fill` writes every row of the output.
-        unsafe { written(logits.shape(), fill) }
+        rewrite_rows(logits, vocab, |i, row| {
+            let lse = log_sum_exp(row);
+            scaled_exp(row, lse, g[i]);
+            row[t[i]] -= g[i];
+        })
     }
 }
 

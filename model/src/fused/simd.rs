@@ -101,15 +101,6 @@ multiversion! {
 }
 
 multiversion! {
-    /// `out ← g · exp(x − shift)`, every value of `out` written.
-    pub fn scaled_exp_into(x: &[f32], out: &mut [MaybeUninit<f32>], shift: f32, g: f32) {
-        for (o, &v) in out.iter_mut().zip(x) {
-            o.write(g * exp(v - shift));
-        }
-    }
-}
-
-multiversion! {
     /// `x ← softmax(x)`: the maximum, then `exp` with its sum, then the scale. A row whose
     /// maximum is infinite becomes NaN, as burn's composed softmax makes it.
     pub fn softmax(x: &mut [f32]) {

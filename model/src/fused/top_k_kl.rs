@@ -27,7 +27,7 @@ use burn::tensor::{FloatDType, IndexingUpdateOp};
 use rayon::prelude::*;
 
 use super::simd::{exp_sum, log_sum_exp, scaled_exp};
-use super::{all_f32, checked_ids, differentiable, values, values_mut};
+use super::{all_f32, checked_ids, differentiable, rewrite_rows, values};
 
 /// Smallest tail mass used in a log: an empty or numerically negative tail sits here on both
 /// sides and so adds nothing to the divergence.
@@ -294,9 +294,9 @@ impl TopKForwardKlOps for Flex {
         if !all_f32(&[&logits, &teacher, &grad]) {
             return composed_backward::<Flex>(logits, ids, teacher, temperature, grad);
         }
-        // The gradient overwrites the logits, which the graph no longer needs (copied first if
-        // they are shared).
-        let mut logits = logits.to_contiguous();
+        // The gradient replaces the logits, which the graph no longer needs: in place, or row
+        // by row into a fresh buffer when they are shared.
+        let logits = logits.to_contiguous();
         let (rows, vocab, k) = dims_of(&logits, &teacher);
         let ids = checked_ids(ids, rows * k, vocab, "top_k_forward_kl");
         let teacher = teacher.to_contiguous();
@@ -304,27 +304,23 @@ impl TopKForwardKlOps for Flex {
         let grad = grad.to_contiguous();
         let g = values(&grad);
         let tau = temperature as f32;
-        values_mut(&mut logits)
-            .par_chunks_mut(vocab)
-            .zip(ids.par_chunks(k).zip(t.par_chunks(k)))
-            .zip(g.par_iter())
-            .for_each(|((row, (ids, t)), &g)| {
-                if tau != 1.0 {
-                    row.iter_mut().for_each(|z| *z /= tau);
-                }
-                let (lse, s) = lse_and_tail(row, ids);
-                let teacher = TeacherRow::new(t);
-                let ct = if s > TAIL_FLOOR { teacher.tail } else { 0.0 };
-                let w = teacher.mass + ct;
-                let ratio = ct / s.max(TAIL_FLOOR);
-                let q_k: Vec<f32> = ids.iter().map(|&id| (row[id] - lse).exp()).collect();
-                let gt = g * tau;
-                scaled_exp(row, lse, gt * (w - ratio) as f32);
-                for ((&id, &q), &p) in ids.iter().zip(&q_k).zip(&teacher.p) {
-                    row[id] = gt * (q * w as f32 - p);
-                }
-            });
-        logits
+        rewrite_rows(logits, vocab, |i, row| {
+            let (ids, t, g) = (&ids[i * k..(i + 1) * k], &t[i * k..(i + 1) * k], g[i]);
+            if tau != 1.0 {
+                row.iter_mut().for_each(|z| *z /= tau);
+            }
+            let (lse, s) = lse_and_tail(row, ids);
+            let teacher = TeacherRow::new(t);
+            let ct = if s > TAIL_FLOOR { teacher.tail } else { 0.0 };
+            let w = teacher.mass + ct;
+            let ratio = ct / s.max(TAIL_FLOOR);
+            let q_k: Vec<f32> = ids.iter().map(|&id| (row[id] - lse).exp()).collect();
+            let gt = g * tau;
+            scaled_exp(row, lse, gt * (w - ratio) as f32);
+            for ((&id, &q), &p) in ids.iter().zip(&q_k).zip(&teacher.p) {
+                row[id] = gt * (q * w as f32 - p);
+            }
+        })
     }
 }
 
@@ -423,5 +419,27 @@ mod tests {
             let d = max_abs_diff(&fused, &composed);
             assert!(d < 1e-5, "{rows}x{vocab} k {k}: gradient differs by {d}");
         }
+    }
+
+    /// The backward rewrites unique logits in place and copies shared ones row by row into a
+    /// fresh buffer, leaving them as they were: the two give the same bits.
+    #[test]
+    fn backward_of_shared_and_unique_logits_agree() {
+        let (rows, vocab, k, tau) = (5, 407, 8, 2.0);
+        let (z, ids, lp) = case(rows, vocab, k, 9);
+        let g: Vec<f32> = (0..rows).map(|i| 1.0 - 0.3 * i as f32).collect();
+        let ids = FlexTensor::from_data(TensorData::new(ids, [rows, k]));
+        let lp = FlexTensor::from_data(TensorData::new(lp, [rows, k]));
+        let g = FlexTensor::from_data(TensorData::new(g, [rows]));
+        let v = |t: &FlexTensor| t.clone().into_data().try_to_vec::<f32>().unwrap();
+        let shared = FlexTensor::from_data(TensorData::new(z.clone(), [rows, vocab]));
+        let kept = shared.clone();
+        let copied =
+            Flex::top_k_forward_kl_backward(shared, ids.clone(), lp.clone(), tau, g.clone());
+        assert_eq!(v(&kept), z, "the shared logits were changed");
+        let unique = FlexTensor::from_data(TensorData::new(z, [rows, vocab]));
+        assert!(unique.is_unique());
+        let in_place = Flex::top_k_forward_kl_backward(unique, ids, lp, tau, g);
+        assert_eq!(v(&copied), v(&in_place));
     }
 }
