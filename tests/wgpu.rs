@@ -421,3 +421,50 @@ fn a_step_too_large_for_the_adapter_is_a_clear_error() {
         Err(e) => panic!("another error: {e}"),
     }
 }
+
+/// The distillation divergences against full teacher logits through autodiff: WGPU (burn's
+/// operations) against the CPU's fused kernel, loss and student gradient.
+#[test]
+fn divergences_and_their_gradients_match_the_cpu() {
+    use distill_model::fused::{Divergence, divergence};
+    let gpu = DeviceChoice::Wgpu
+        .open()
+        .expect("a WGPU adapter (install mesa-vulkan-drivers)")
+        .autodiff();
+    let cpu = Device::flex().autodiff();
+    let (rows, vocab) = (5, 211);
+    let logits = |seed: usize| -> Vec<f32> {
+        (0..rows * vocab)
+            .map(|i| (((i + seed) * 7919 % 1000) as f32 - 500.0) / 50.0)
+            .collect()
+    };
+    let (zs, zt) = (logits(0), logits(17));
+    for (kind, tau) in [
+        (Divergence::Forward, 1.0),
+        (Divergence::Reverse, 2.0),
+        (Divergence::Jsd(0.5), 1.0),
+        (Divergence::Jsd(0.2), 2.0),
+    ] {
+        let run = |d: &Device| {
+            let s = Tensor::<2>::from_data(TensorData::new(zs.clone(), [rows, vocab]), d)
+                .require_grad();
+            let t = Tensor::<2>::from_data(TensorData::new(zt.clone(), [rows, vocab]), d);
+            let w = Tensor::<1>::from_data(
+                TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0, 3.0], [rows]),
+                d,
+            );
+            let loss = divergence(s.clone(), t, kind, tau);
+            let grads = (loss.clone() * w).sum().backward();
+            let g: Vec<f32> = s.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+            (loss.into_data().try_to_vec::<f32>().unwrap(), g)
+        };
+        let (want, want_grad) = run(&cpu);
+        let (got, got_grad) = run(&gpu);
+        let (d, dg) = (max_diff(&want, &got), max_diff(&want_grad, &got_grad));
+        println!("wgpu vs flex {kind:?} τ {tau}: max |Δ| loss {d:e}, gradient {dg:e}");
+        assert!(
+            d <= 1e-4 && dg <= 1e-5,
+            "{kind:?}: loss differs by {d}, gradient by {dg}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //! [`Flex`]: burn::backend::Flex
 
 pub mod attention;
+pub mod divergence;
 mod gemm;
 pub mod linear;
 pub mod nll;
@@ -21,6 +22,7 @@ pub mod swiglu;
 pub mod top_k_kl;
 
 pub use attention::attention;
+pub use divergence::{Divergence, divergence};
 pub use linear::linear;
 pub use nll::row_nll;
 pub use rms_norm::rms_norm;

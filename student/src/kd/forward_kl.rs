@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use distill_model::fused::top_k_forward_kl;
+use distill_model::fused::{Divergence, divergence, top_k_forward_kl};
 
 use super::{TeacherSignal, constant, kl, log_probs};
 
@@ -36,6 +36,11 @@ impl ForwardKlConfig {
                 constant(logprobs.clone(), &device),
             );
             return top_k_forward_kl(student_logits, ids, logprobs, tau);
+        }
+        if let TeacherSignal::Logits(z) = teacher {
+            // One fused operation on the CPU (see `divergence`).
+            let z = constant(z.clone(), &student_logits.device());
+            return divergence(student_logits, z, Divergence::Forward, tau);
         }
         let (t, s) = log_probs(student_logits, teacher, tau);
         kl(t, s).mul_scalar(tau * tau)

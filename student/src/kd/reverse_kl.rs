@@ -5,7 +5,9 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{TeacherSignal, kl, log_probs};
+use distill_model::fused::{Divergence, divergence};
+
+use super::{TeacherSignal, constant, kl, log_probs};
 
 /// Reverse KL: `τ² · Σ_v p_S,v (log p_S,v − log p_T,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,11 @@ impl ReverseKlConfig {
     /// with respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let tau = self.temperature;
+        if let TeacherSignal::Logits(z) = teacher {
+            // One fused operation on the CPU (see `divergence`).
+            let z = constant(z.clone(), &student_logits.device());
+            return divergence(student_logits, z, Divergence::Reverse, tau);
+        }
         let (t, s) = log_probs(student_logits, teacher, tau);
         kl(s, t).mul_scalar(tau * tau)
     }
