@@ -5,9 +5,9 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use distill_model::fused::{Divergence, divergence, top_k_forward_kl};
+use distill_model::fused::{Divergence, top_k_forward_kl};
 
-use super::{TeacherSignal, constant, kl, log_probs};
+use super::{TeacherSignal, constant, fused_against_logits, kl, log_probs};
 
 /// Forward KL: `τ² · Σ_v p_T,v (log p_T,v − log p_S,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,10 +37,8 @@ impl ForwardKlConfig {
             );
             return top_k_forward_kl(student_logits, ids, logprobs, tau);
         }
-        if let TeacherSignal::Logits(z) = teacher {
-            // One fused operation on the CPU (see `divergence`).
-            let z = constant(z.clone(), &student_logits.device());
-            return divergence(student_logits, z, Divergence::Forward, tau);
+        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Forward, tau) {
+            return d;
         }
         let (t, s) = log_probs(student_logits, teacher, tau);
         kl(t, s).mul_scalar(tau * tau)

@@ -10,9 +10,9 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use distill_model::fused::{Divergence, divergence};
+use distill_model::fused::Divergence;
 
-use super::{TeacherSignal, constant, kl, log_probs};
+use super::{TeacherSignal, fused_against_logits, kl, log_probs};
 
 /// JSD_β: `τ² · [β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M)]` with `M = β·p_T + (1−β)·p_S`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,10 +39,9 @@ impl JsdConfig {
     /// respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let (tau, beta) = (self.temperature, self.beta);
-        if let TeacherSignal::Logits(z) = teacher {
-            // One fused operation on the CPU (see `divergence`).
-            let z = constant(z.clone(), &student_logits.device());
-            return divergence(student_logits, z, Divergence::Jsd(beta), tau);
+        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Jsd(beta), tau)
+        {
+            return d;
         }
         let (t, s) = log_probs(student_logits, teacher, tau);
         // log M = logsumexp(ln β + t, ln(1−β) + s), shifted by a constant max so that tokens

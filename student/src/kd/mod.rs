@@ -177,6 +177,27 @@ fn constant<const D: usize, K: burn::tensor::kind::Autodiff>(
     }
 }
 
+/// The divergence `kind` against a full-logit teacher as one fused operation
+/// ([`distill_model::fused::divergence`]); `None` for a top-k teacher, which the losses compose
+/// over k + 1 outcomes from [`log_probs`].
+fn fused_against_logits(
+    student_logits: &Tensor<2>,
+    teacher: &TeacherSignal,
+    kind: distill_model::fused::Divergence,
+    temperature: f64,
+) -> Option<Tensor<1>> {
+    let TeacherSignal::Logits(z) = teacher else {
+        return None;
+    };
+    let z = constant(z.clone(), &student_logits.device());
+    Some(distill_model::fused::divergence(
+        student_logits.clone(),
+        z,
+        kind,
+        temperature,
+    ))
+}
+
 /// Teacher and student log-probabilities `[N, C]` over the outcomes compared: the V tokens for
 /// full logits, the k cached tokens and the tail bucket for a top-k (see the module doc).
 /// Only the student's part carries gradients.

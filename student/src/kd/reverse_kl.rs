@@ -5,9 +5,9 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use distill_model::fused::{Divergence, divergence};
+use distill_model::fused::Divergence;
 
-use super::{TeacherSignal, constant, kl, log_probs};
+use super::{TeacherSignal, fused_against_logits, kl, log_probs};
 
 /// Reverse KL: `τ² · Σ_v p_S,v (log p_S,v − log p_T,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,10 +28,8 @@ impl ReverseKlConfig {
     /// with respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let tau = self.temperature;
-        if let TeacherSignal::Logits(z) = teacher {
-            // One fused operation on the CPU (see `divergence`).
-            let z = constant(z.clone(), &student_logits.device());
-            return divergence(student_logits, z, Divergence::Reverse, tau);
+        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Reverse, tau) {
+            return d;
         }
         let (t, s) = log_probs(student_logits, teacher, tau);
         kl(s, t).mul_scalar(tau * tau)
