@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use distill_model::fused::{Divergence, top_k_forward_kl};
 
-use super::{TeacherSignal, constant, fused_against_logits, kl, log_probs};
+use super::{TeacherSignal, against_logits, constant};
 
 /// Forward KL: `τ² · Σ_v p_T,v (log p_T,v − log p_S,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,20 +28,18 @@ impl ForwardKlConfig {
     /// with respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let tau = self.temperature;
-        if let TeacherSignal::TopK { ids, logprobs } = teacher {
-            // One fused operation on the CPU (see `top_k_forward_kl`).
-            let device = student_logits.device();
-            let (ids, logprobs) = (
-                constant(ids.clone(), &device),
-                constant(logprobs.clone(), &device),
-            );
-            return top_k_forward_kl(student_logits, ids, logprobs, tau);
+        match teacher {
+            TeacherSignal::Logits(z) => against_logits(student_logits, z, Divergence::Forward, tau),
+            TeacherSignal::TopK { ids, logprobs } => {
+                // One fused operation on the CPU (see `top_k_forward_kl`).
+                let device = student_logits.device();
+                let (ids, logprobs) = (
+                    constant(ids.clone(), &device),
+                    constant(logprobs.clone(), &device),
+                );
+                top_k_forward_kl(student_logits, ids, logprobs, tau)
+            }
         }
-        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Forward, tau) {
-            return d;
-        }
-        let (t, s) = log_probs(student_logits, teacher, tau);
-        kl(t, s).mul_scalar(tau * tau)
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use distill_model::fused::Divergence;
 
-use super::{TeacherSignal, fused_against_logits, kl, log_probs};
+use super::{TeacherSignal, against_logits, kl, top_k_log_probs};
 
 /// JSD_β: `τ² · [β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M)]` with `M = β·p_T + (1−β)·p_S`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,11 +39,14 @@ impl JsdConfig {
     /// respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let (tau, beta) = (self.temperature, self.beta);
-        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Jsd(beta), tau)
-        {
-            return d;
-        }
-        let (t, s) = log_probs(student_logits, teacher, tau);
+        let (t, s) = match teacher {
+            TeacherSignal::Logits(z) => {
+                return against_logits(student_logits, z, Divergence::Jsd(beta), tau);
+            }
+            TeacherSignal::TopK { ids, logprobs } => {
+                top_k_log_probs(student_logits, ids, logprobs, tau)
+            }
+        };
         // log M = logsumexp(ln β + t, ln(1−β) + s), shifted by a constant max so that tokens
         // both sides give ~0 probability do not underflow to log 0.
         let a = t.clone().add_scalar(beta.ln());

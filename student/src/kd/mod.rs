@@ -177,71 +177,52 @@ fn constant<const D: usize, K: burn::tensor::kind::Autodiff>(
     }
 }
 
-/// The divergence `kind` against a full-logit teacher as one fused operation
-/// ([`distill_model::fused::divergence`]); `None` for a top-k teacher, which the losses compose
-/// over k + 1 outcomes from [`log_probs`].
-fn fused_against_logits(
-    student_logits: &Tensor<2>,
-    teacher: &TeacherSignal,
+/// The divergence `kind` against full teacher logits `z` as one fused operation
+/// ([`distill_model::fused::divergence`]).
+fn against_logits(
+    student_logits: Tensor<2>,
+    z: &Tensor<2>,
     kind: distill_model::fused::Divergence,
     temperature: f64,
-) -> Option<Tensor<1>> {
-    let TeacherSignal::Logits(z) = teacher else {
-        return None;
-    };
+) -> Tensor<1> {
     let z = constant(z.clone(), &student_logits.device());
-    Some(distill_model::fused::divergence(
-        student_logits.clone(),
-        z,
-        kind,
-        temperature,
-    ))
+    distill_model::fused::divergence(student_logits, z, kind, temperature)
 }
 
-/// Teacher and student log-probabilities `[N, C]` over the outcomes compared: the V tokens for
-/// full logits, the k cached tokens and the tail bucket for a top-k (see the module doc).
-/// Only the student's part carries gradients.
-fn log_probs(
+/// Teacher and student log-probabilities `[N, k + 1]` over a top-k teacher's k cached tokens
+/// `ids` and the tail bucket (see the module doc). Only the student's part carries gradients.
+fn top_k_log_probs(
     student_logits: Tensor<2>,
-    teacher: &TeacherSignal,
+    ids: &Tensor<2, Int>,
+    logprobs: &Tensor<2>,
     temperature: f64,
 ) -> (Tensor<2>, Tensor<2>) {
     let device = student_logits.device();
     let [n, v] = student_logits.dims();
-    assert_eq!(teacher.rows(), n, "teacher rows vs student rows");
+    let k = ids.dims()[1];
+    assert_eq!(ids.dims()[0], n, "teacher rows vs student rows");
+    assert_eq!(logprobs.dims(), [n, k], "top-k logprobs vs ids");
     let s = log_softmax(student_logits.div_scalar(temperature), 1);
-    match teacher {
-        TeacherSignal::Logits(z) => {
-            assert_eq!(z.dims()[1], v, "teacher vocabulary vs student vocabulary");
-            let z = constant(z.clone(), &device);
-            let t = log_softmax(z.div_scalar(temperature), 1).clamp_min(LOG_FLOOR);
-            (t, s)
-        }
-        TeacherSignal::TopK { ids, logprobs } => {
-            let k = ids.dims()[1];
-            assert_eq!(logprobs.dims(), [n, k], "top-k logprobs vs ids");
-            let ids = constant(ids.clone(), &device);
-            let t = constant(logprobs.clone(), &device).clamp_min(LOG_FLOOR);
-            let t_tail = t.clone().exp().sum_dim(1).neg().add_scalar(1.0);
-            let t_tail = t_tail.clamp_min(TAIL_FLOOR).log();
-            let base = ids.device();
-            let in_top_k = Tensor::<2>::zeros([n, v], &base)
-                .scatter(
-                    1,
-                    ids.clone(),
-                    Tensor::ones([n, k], &base),
-                    IndexingUpdateOp::Add,
-                )
-                .greater_elem(0.5);
-            let s_tail = s.clone().exp().mask_fill(in_top_k, 0.0).sum_dim(1);
-            let s_tail = s_tail.clamp_min(TAIL_FLOOR).log();
-            let s_k = s.gather(1, ids);
-            (
-                Tensor::cat(vec![t, t_tail], 1),
-                Tensor::cat(vec![s_k, s_tail], 1),
-            )
-        }
-    }
+    let ids = constant(ids.clone(), &device);
+    let t = constant(logprobs.clone(), &device).clamp_min(LOG_FLOOR);
+    let t_tail = t.clone().exp().sum_dim(1).neg().add_scalar(1.0);
+    let t_tail = t_tail.clamp_min(TAIL_FLOOR).log();
+    let base = ids.device();
+    let in_top_k = Tensor::<2>::zeros([n, v], &base)
+        .scatter(
+            1,
+            ids.clone(),
+            Tensor::ones([n, k], &base),
+            IndexingUpdateOp::Add,
+        )
+        .greater_elem(0.5);
+    let s_tail = s.clone().exp().mask_fill(in_top_k, 0.0).sum_dim(1);
+    let s_tail = s_tail.clamp_min(TAIL_FLOOR).log();
+    let s_k = s.gather(1, ids);
+    (
+        Tensor::cat(vec![t, t_tail], 1),
+        Tensor::cat(vec![s_k, s_tail], 1),
+    )
 }
 
 /// KL(p_a ‖ p_b) per row, `Σ_c exp(a)·(a − b)`, from log-probabilities `[N, C]`.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use distill_model::fused::Divergence;
 
-use super::{TeacherSignal, fused_against_logits, kl, log_probs};
+use super::{TeacherSignal, against_logits, kl, top_k_log_probs};
 
 /// Reverse KL: `τ² · Σ_v p_S,v (log p_S,v − log p_T,v)` with `p = softmax(z / τ)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,11 +28,13 @@ impl ReverseKlConfig {
     /// with respect to the student logits only.
     pub fn divergence(&self, student_logits: Tensor<2>, teacher: &TeacherSignal) -> Tensor<1> {
         let tau = self.temperature;
-        if let Some(d) = fused_against_logits(&student_logits, teacher, Divergence::Reverse, tau) {
-            return d;
+        match teacher {
+            TeacherSignal::Logits(z) => against_logits(student_logits, z, Divergence::Reverse, tau),
+            TeacherSignal::TopK { ids, logprobs } => {
+                let (t, s) = top_k_log_probs(student_logits, ids, logprobs, tau);
+                kl(s, t).mul_scalar(tau * tau)
+            }
         }
-        let (t, s) = log_probs(student_logits, teacher, tau);
-        kl(s, t).mul_scalar(tau * tau)
     }
 }
 
