@@ -10,7 +10,7 @@ use distill_model::tokenizer::{ENDOFTEXT, Tokenizer};
 use distill_model::train::TrainControl;
 use distill_model::{LlamaConfig, LlamaForCausalLM};
 use distill_teacher::ppo::log::PpoLogRow;
-use distill_teacher::ppo::{self, LoraConfig, PpoConfig, PpoRun, PtxConfig};
+use distill_teacher::ppo::{self, LoraConfig, PpoConfig, PpoRun, PtxConfig, Selection};
 use distill_teacher::reward::{self, RewardDir, RewardModel};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -53,6 +53,12 @@ fn chosen_share(_prompts: &[Vec<u32>], responses: &[Vec<u32>]) -> Vec<f32> {
         .iter()
         .map(|r| r.iter().filter(|&&t| t == CHOSEN).count() as f32 / r.len() as f32)
         .collect()
+}
+
+/// The share of the chosen token in one response, as a gold score.
+fn chosen_share_of(_prompt: usize, response: &[u32]) -> f64 {
+    let n = response.iter().filter(|&&t| t == CHOSEN).count();
+    n as f64 / response.len().max(1) as f64
 }
 
 fn quiet() -> TrainControl {
@@ -99,6 +105,7 @@ fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
             ptx: None,
             reward: &mut reward,
             gold: None,
+            select: None,
         },
         &Device::flex(),
         &quiet(),
@@ -134,6 +141,92 @@ fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
     assert!(tmp.path().join("model/model.safetensors").is_file());
     let svg = std::fs::read_to_string(tmp.path().join("ppo_log.svg")).unwrap();
     assert!(svg.contains("KL to reference"));
+}
+
+/// The held-out gold score chooses the policy kept: a gold that only the SFT policy satisfies
+/// keeps the SFT weights; one that follows the reward keeps a later step, the best evaluated,
+/// also when the run is killed after that evaluation and resumed.
+#[test]
+fn selection_keeps_the_policy_with_the_best_held_out_gold_score() {
+    let prompts = prompts();
+    let run_with = |out: &Path, gold: &mut dyn FnMut(usize, &[u32]) -> f64, control| {
+        let config = PpoConfig {
+            steps: 24,
+            gold_facts: Some("facts".into()),
+            select_prompts: Some("held-out prompts".into()),
+            select_every: 8,
+            ..toy_config(out)
+        };
+        let mut reward = chosen_share;
+        let mut gold = gold;
+        ppo::train(
+            &config,
+            PpoRun {
+                sft: sft(1),
+                prompts: &prompts,
+                stop_tokens: &[],
+                ptx: None,
+                reward: &mut reward,
+                gold: None,
+                select: Some(Selection {
+                    prompts: &prompts[..16],
+                    gold: &mut gold,
+                }),
+            },
+            &Device::flex(),
+            &control,
+        )
+        .unwrap()
+    };
+    let run = |out: &Path, gold: &mut dyn FnMut(usize, &[u32]) -> f64| run_with(out, gold, quiet());
+    let tmp = tempfile::tempdir().unwrap();
+    let start = weights(&sft(1).model.valid());
+
+    let mut following = chosen_share_of;
+    let up = run(&tmp.path().join("up"), &mut following);
+    let steps: Vec<usize> = up.selection.iter().map(|r| r.step).collect();
+    assert_eq!(steps, [0, 8, 16, 24]);
+    let kept = ppo::log::selected(&up.selection).unwrap().clone();
+    assert!(
+        kept.step > 0 && kept.gold > up.selection[0].gold,
+        "{:?}",
+        up.selection
+    );
+    assert!(up.selection.iter().all(|r| r.gold <= kept.gold));
+    let saved =
+        distill_model::load::load_model(&tmp.path().join("up/model"), &Device::flex()).unwrap();
+    assert_eq!(weights(&saved.model), weights(&up.model));
+    assert_ne!(weights(&up.model), start);
+    let csv = std::fs::read_to_string(tmp.path().join("up/select_log.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        !tmp.path().join("up/select").exists(),
+        "the candidates are removed"
+    );
+
+    // Killed after step 21 (the checkpoint of step 20 is the last), then resumed.
+    let split = tmp.path().join("split");
+    let stop = TrainControl {
+        stop_after: Some(21),
+        ..quiet()
+    };
+    assert!(run_with(&split, &mut following, stop).model_dir.is_none());
+    let resume = TrainControl {
+        resume: true,
+        ..quiet()
+    };
+    let resumed = run_with(&split, &mut following, resume);
+    assert_eq!(resumed.selection, up.selection);
+    assert_eq!(weights(&resumed.model), weights(&up.model));
+
+    let mut against = |i: usize, r: &[u32]| -chosen_share_of(i, r);
+    let down = run(&tmp.path().join("down"), &mut against);
+    assert_eq!(ppo::log::selected(&down.selection).unwrap().step, 0);
+    assert_eq!(weights(&down.model), start, "the SFT policy is kept");
+    assert_eq!(
+        down.history, up.history,
+        "selection does not change training"
+    );
 }
 
 /// Every tensor of a model, flattened, in module order.
@@ -181,6 +274,7 @@ fn a_killed_and_resumed_run_equals_an_uninterrupted_one() {
                 ptx: Some(&windows),
                 reward: &mut reward,
                 gold: Some(&mut gold),
+                select: None,
             },
             &Device::flex(),
             &control,
@@ -288,11 +382,12 @@ fn the_command_line_runs_ppo_from_files_with_the_gold_judge() {
     let out = tmp.path().join("ppo");
     let config = tmp.path().join("ppo.toml");
     let toml = format!(
-        "policy = {:?}\nreward_model = {:?}\nprompts = {:?}\ngold_facts = {:?}\nbatch_size = 4\nmini_batch_size = 2\nppo_epochs = 1\nmax_new_tokens = 6\nsteps = 9\n",
+        "policy = {:?}\nreward_model = {:?}\nprompts = {:?}\ngold_facts = {:?}\nselect_prompts = {:?}\nselect_every = 1\nbatch_size = 4\nmini_batch_size = 2\nppo_epochs = 1\nmax_new_tokens = 6\nsteps = 9\n",
         tmp.path().join("sft"),
         tmp.path().join("reward"),
         prompts,
-        facts
+        facts,
+        prompts
     );
     std::fs::write(&config, toml).unwrap();
     let args = |extra: &[&str]| {
@@ -325,6 +420,9 @@ fn the_command_line_runs_ppo_from_files_with_the_gold_judge() {
     assert!(out.join("model/model.safetensors").is_file());
     assert!(out.join("model/tokenizer.json").is_file());
     assert!(out.join("ppo_log.svg").is_file());
+    assert!(text.contains("kept step"), "{text}");
+    let select = std::fs::read_to_string(out.join("select_log.csv")).unwrap();
+    assert_eq!(select.lines().count(), 4, "steps 0, 1 and 2: {select}");
     let back = distill_model::load::load_model(&out.join("model"), &Device::flex()).unwrap();
     assert!(back.tokenizer.unwrap().chat_template.is_some());
 

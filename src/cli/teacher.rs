@@ -168,6 +168,21 @@ fn run_ppo(args: PpoArgs, device: DeviceChoice) -> Result<()> {
         "  log written to {}",
         config.out.join("ppo_log.csv").display()
     );
+    if let Some(kept) = ppo::log::selected(&s.selection) {
+        println!(
+            "  on the {} selection prompts, greedy answers: gold score {:.3} at step 0 (SFT); kept step {} (gold {:.3}, reward {:.3}); log in {}",
+            config
+                .select_prompts
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display(),
+            s.selection[0].gold,
+            kept.step,
+            kept.gold,
+            kept.score,
+            config.out.join("select_log.csv").display()
+        );
+    }
     if let Some(dir) = &s.model_dir {
         println!(
             "  plot written to {}",

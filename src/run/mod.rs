@@ -301,18 +301,31 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             reward_key,
             run.hashes.of(&config.prompts)?,
             run.data_hash(&config.gold_facts)?,
+            run.data_hash(&config.select_prompts)?,
         ];
         let stage = run.stage("teacher/ppo", stage::key("ppo", &config, &refs(&inputs)));
         let (policy, device, mut settings) = (m.path.clone(), run.device.clone(), config.clone());
-        run.run(&stage, |dir, resume| {
+        let summary = run.run(&stage, |dir, resume| {
             settings.policy = policy;
             settings.reward_model = reward_model;
             settings.out = dir.to_path_buf();
             let s = distill_teacher::ppo::run(&settings, &device, &run_control(resume))?;
-            Ok(json!({ "steps": s.steps_done, "last": s.history.last() }))
+            Ok(json!({
+                "steps": s.steps_done,
+                "last": s.history.last(),
+                "selection": s.selection,
+                "kept_step": distill_teacher::ppo::log::selected(&s.selection).map(|r| r.step),
+            }))
         })?;
+        let kept = match (&config.select_prompts, summary["kept_step"].as_u64()) {
+            (Some(path), Some(step)) => format!(
+                ", the policy of step {step} kept for its gold score on `{}`",
+                path.display()
+            ),
+            _ => String::new(),
+        };
         m.made_by(&stage, format!(
-            "PPO against the reward model with a KL penalty to the SFT policy on `{}`: {} steps",
+            "PPO against the reward model with a KL penalty to the SFT policy on `{}`: {} steps{kept}",
             config.prompts.display(),
             config.steps
         ));

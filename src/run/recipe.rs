@@ -387,6 +387,12 @@ fn check_teacher_stages(t: &TeacherSpec) -> Result<()> {
         owned("teacher.ppo.reward_model", c.reward_model != d.reward_model)?;
         owned("teacher.ppo.out", c.out != d.out)?;
         exists("teacher.ppo.prompts", &c.prompts)?;
+        if let Some(f) = &c.gold_facts {
+            exists("teacher.ppo.gold_facts", f)?;
+        }
+        if let Some(f) = &c.select_prompts {
+            exists("teacher.ppo.select_prompts", f)?;
+        }
         if t.sft.is_none() || t.reward.is_none() {
             bail!("key `teacher.ppo`: PPO needs `teacher.sft` and `teacher.reward` stages");
         }

@@ -73,6 +73,52 @@ pub fn write_csv(path: &Path, rows: &[PpoLogRow]) -> std::io::Result<()> {
     })
 }
 
+/// One evaluation of the policy on the held-out selection prompts
+/// ([`PpoConfig::select_prompts`](super::PpoConfig::select_prompts)): greedy answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectRow {
+    /// Steps done when evaluated; 0 is the SFT policy.
+    pub step: usize,
+    /// Mean gold score.
+    #[serde(with = "super::exact")]
+    pub gold: f64,
+    /// Mean reward-model score.
+    #[serde(with = "super::exact")]
+    pub score: f64,
+    /// Mean answer length, tokens (the stop token included).
+    #[serde(with = "super::exact")]
+    pub response_length: f64,
+}
+
+/// The selection log's CSV header, the columns in [`SelectRow`]'s order, then `kept`.
+pub const SELECT_CSV_HEADER: &str = "step,gold,score,response_length,kept";
+
+/// The evaluation whose policy is kept: the highest mean gold score, the earliest on a tie.
+pub fn selected(rows: &[SelectRow]) -> Option<&SelectRow> {
+    rows.iter()
+        .fold(None, |best: Option<&SelectRow>, r| match best {
+            Some(b) if b.gold >= r.gold => Some(b),
+            _ => Some(r),
+        })
+}
+
+/// Writes the selection log to `path` as CSV, atomically; `kept` is 1 on the selected row.
+pub fn write_select_csv(path: &Path, rows: &[SelectRow]) -> std::io::Result<()> {
+    let kept = selected(rows).map(|r| r.step);
+    distill_model::fsutil::write_atomic(path, |out| {
+        writeln!(out, "{SELECT_CSV_HEADER}")?;
+        for r in rows {
+            let k = u8::from(kept == Some(r.step));
+            writeln!(
+                out,
+                "{},{},{},{},{k}",
+                r.step, r.gold, r.score, r.response_length
+            )?;
+        }
+        Ok(())
+    })
+}
+
 /// Plots the log's columns against the step, one panel each, into an SVG file at `path`.
 pub fn plot_svg(path: &Path, rows: &[PpoLogRow]) -> Result<(), String> {
     type Column = (&'static str, fn(&PpoLogRow) -> Option<f64>);
@@ -176,5 +222,28 @@ mod tests {
             "{svg:.200}"
         );
         assert!(svg.contains("ptx loss: not logged"));
+    }
+
+    #[test]
+    fn selection_keeps_the_earliest_highest_gold_score() {
+        let sel = |step, gold| SelectRow {
+            step,
+            gold,
+            score: 1.0,
+            response_length: 10.0,
+        };
+        let rows = [sel(0, 0.3), sel(10, 0.5), sel(20, 0.5), sel(30, 0.4)];
+        assert_eq!(selected(&rows).unwrap().step, 10);
+        assert_eq!(selected(&rows[..1]).unwrap().step, 0);
+        assert!(selected(&[]).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("select.csv");
+        write_select_csv(&path, &rows).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], SELECT_CSV_HEADER);
+        assert_eq!(lines[1], "0,0.3,1,10,0");
+        assert_eq!(lines[2], "10,0.5,1,10,1");
+        assert_eq!(lines[3], "20,0.5,1,10,0");
     }
 }

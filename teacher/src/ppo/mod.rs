@@ -26,7 +26,7 @@ mod trainer;
 pub use config::{PpoConfig, PtxConfig};
 pub use policy::{LoraConfig, PolicyWithValueHead};
 pub use reward_model::RewardModelFn;
-pub use trainer::{PpoOutcome, PpoRun, train};
+pub use trainer::{PpoOutcome, PpoRun, Selection, train};
 
 use crate::questions::judge::{GoldJudge, JudgeError};
 use crate::records::{self, Prompt, RecordError};
@@ -64,7 +64,7 @@ impl<F: FnMut(usize, &[u32]) -> f64> GoldFn for F {
 }
 
 /// A gold judge of a prompt record's decoded answer, for [`run_with`].
-pub type AnswerJudge<'a> = dyn FnMut(&Prompt, &str) -> f64 + 'a;
+pub type AnswerJudge<'a> = dyn Fn(&Prompt, &str) -> f64 + 'a;
 
 /// Why PPO could not run.
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +127,16 @@ pub fn run(
     })?;
     let mut reward = RewardModelFn::new(rm.model, tokenizer)?;
     let judge = match &config.gold_facts {
-        Some(facts) => Some(gold_judge(facts, &config.prompts)?),
+        Some(facts) => {
+            let judge = gold_judge(facts, &config.prompts)?;
+            if let Some(select) = &config.select_prompts {
+                check_known(&judge, facts, select)?;
+            }
+            Some(judge)
+        }
         None => None,
     };
-    let mut gold = judge.as_ref().map(|j| {
+    let gold = judge.as_ref().map(|j| {
         move |p: &Prompt, answer: &str| {
             let id = p.id.as_deref().unwrap_or_default();
             j.score(id, answer).unwrap_or(f64::NAN)
@@ -141,13 +147,23 @@ pub fn run(
         device,
         control,
         &mut reward,
-        gold.as_mut().map(|g| g as &mut AnswerJudge),
+        gold.as_ref().map(|g| g as &AnswerJudge),
     )
 }
 
 /// The gold judge of `facts`, checked to know every prompt of `prompts` by its id.
 fn gold_judge(facts: &std::path::Path, prompts: &std::path::Path) -> Result<GoldJudge, PpoError> {
     let judge = GoldJudge::load(facts)?;
+    check_known(&judge, facts, prompts)?;
+    Ok(judge)
+}
+
+/// An error unless `judge` (read from `facts`) knows every prompt of `prompts` by its id.
+fn check_known(
+    judge: &GoldJudge,
+    facts: &std::path::Path,
+    prompts: &std::path::Path,
+) -> Result<(), PpoError> {
     for (i, p) in records::read_jsonl::<Prompt>(prompts)?.iter().enumerate() {
         let known =
             p.id.as_deref()
@@ -162,7 +178,7 @@ fn gold_judge(facts: &std::path::Path, prompts: &std::path::Path) -> Result<Gold
             )));
         }
     }
-    Ok(judge)
+    Ok(())
 }
 
 /// `records` rendered as the user's turn with `template`'s generation prompt and tokenized,
@@ -215,13 +231,14 @@ pub(crate) fn stop_tokens(
 /// on `device` with autodiff, sends each prompt of `config.prompts` through the policy's chat
 /// template as the user's turn (skipping those over `max_prompt_length` tokens), reads the
 /// PPO-ptx text, and trains. `gold`, when given, scores each prompt record's decoded answer
-/// (without its stop token).
+/// (without its stop token), on the training prompts for the log and on
+/// `config.select_prompts` (which need it) to choose the step to keep.
 pub fn run_with(
     config: &PpoConfig,
     device: &Device,
     control: &TrainControl,
     reward: &mut dyn RewardFn,
-    gold: Option<&mut AnswerJudge<'_>>,
+    gold: Option<&AnswerJudge<'_>>,
 ) -> Result<PpoOutcome, PpoError> {
     config.validate().map_err(PpoError::Config)?;
     let policy_name = config.policy.display().to_string();
@@ -233,14 +250,9 @@ pub fn run_with(
     })?;
     let template = ChatTemplate::from_tokenizer(&tokenizer)?;
 
-    let records: Vec<Prompt> = records::read_jsonl(&config.prompts)?;
-    let (kept, prompts) = chat_prompts(
-        records,
-        &tokenizer,
-        &template,
-        config.max_prompt_length,
-        &config.prompts,
-    )?;
+    let read = |path| read_prompts(path, &tokenizer, &template, config.max_prompt_length);
+    let (kept, prompts) = read(&config.prompts)?;
+    let select = config.select_prompts.as_deref().map(read).transpose()?;
     let stop_tokens = stop_tokens(&sft, &tokenizer, &template);
 
     let ptx = match &config.ptx {
@@ -251,24 +263,22 @@ pub fn run_with(
         }
         None => None,
     };
-    if prompts.is_empty() {
-        return Err(PpoError::Config(format!(
-            "{}: none of its prompts fits max_prompt_length = {} tokens",
-            config.prompts.display(),
-            config.max_prompt_length
-        )));
-    }
-    let mut judge = gold.map(|judge| {
-        let (kept, tokenizer, stops) = (&kept, &tokenizer, &stop_tokens);
-        move |i: usize, response: &[u32]| {
-            let answer = match response.split_last() {
-                Some((last, rest)) if stops.contains(last) => rest,
-                _ => response,
-            };
-            let text = tokenizer.decode(answer).unwrap_or_default();
-            judge(&kept[i], &text)
+    let mut judge = gold.map(|g| answer_gold(g, &kept, &tokenizer, &stop_tokens));
+    let mut select_judge = gold
+        .zip(select.as_ref())
+        .map(|(g, (kept, _))| answer_gold(g, kept, &tokenizer, &stop_tokens));
+    let select = match (&select, select_judge.as_mut()) {
+        (Some((_, prompts)), Some(gold)) => Some(Selection {
+            prompts,
+            gold: gold as &mut dyn GoldFn,
+        }),
+        (Some(_), None) => {
+            return Err(PpoError::Config(
+                "select_prompts needs a gold judge (gold_facts)".into(),
+            ));
         }
-    });
+        _ => None,
+    };
     train(
         config,
         PpoRun {
@@ -278,8 +288,44 @@ pub fn run_with(
             ptx: ptx.as_ref(),
             reward,
             gold: judge.as_mut().map(|j| j as &mut dyn GoldFn),
+            select,
         },
         device,
         control,
     )
+}
+
+/// The prompts of `path` through [`chat_prompts`]; none kept is an error.
+fn read_prompts(
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    max_len: usize,
+) -> Result<(Vec<Prompt>, Vec<Vec<u32>>), PpoError> {
+    let records: Vec<Prompt> = records::read_jsonl(path)?;
+    let (kept, prompts) = chat_prompts(records, tokenizer, template, max_len, path)?;
+    if prompts.is_empty() {
+        return Err(PpoError::Config(format!(
+            "{}: none of its prompts fits max_prompt_length = {max_len} tokens",
+            path.display()
+        )));
+    }
+    Ok((kept, prompts))
+}
+
+/// `judge` of the decoded answer (a final stop token dropped) to prompt number i of `records`.
+fn answer_gold<'a>(
+    judge: &'a AnswerJudge<'a>,
+    records: &'a [Prompt],
+    tokenizer: &'a Tokenizer,
+    stops: &'a [u32],
+) -> impl FnMut(usize, &[u32]) -> f64 + 'a {
+    move |i, response| {
+        let answer = match response.split_last() {
+            Some((last, rest)) if stops.contains(last) => rest,
+            _ => response,
+        };
+        let text = tokenizer.decode(answer).unwrap_or_default();
+        judge(&records[i], &text)
+    }
 }

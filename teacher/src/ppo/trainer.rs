@@ -7,7 +7,7 @@
 
 use super::gae::{gae, token_rewards, whiten};
 use super::kl::KlController;
-use super::log::{self, PpoLogRow};
+use super::log::{self, PpoLogRow, SelectRow};
 use super::loss::{PpoInputs, ppo_losses};
 use super::policy::{PolicyWithValueHead, entropy, response_logprobs};
 use super::rollout::{RolloutBatch, sample_responses};
@@ -18,7 +18,9 @@ use burn::prelude::*;
 use distill_model::LlamaForCausalLM;
 use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::data::{PackedWindows, permutation};
+use distill_model::generate::{GenerateConfig, generate_continuations};
 use distill_model::loss::cross_entropy;
+use distill_model::sample::SamplingConfig;
 use distill_model::train::{Checkpoints, TrainControl, clip_global_norm};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -40,6 +42,17 @@ pub struct PpoRun<'a> {
     pub reward: &'a mut dyn RewardFn,
     /// A gold scorer for the log, if any.
     pub gold: Option<&'a mut dyn GoldFn>,
+    /// Held-out prompts for choosing the step to keep (with `config.select_prompts`).
+    pub select: Option<Selection<'a>>,
+}
+
+/// Held-out prompts on which the policy answers greedily, to choose the step whose policy
+/// becomes `OUT/model` ([`PpoConfig::select_prompts`]).
+pub struct Selection<'a> {
+    /// Prompt token ids (none empty), as the policy sees them.
+    pub prompts: &'a [Vec<u32>],
+    /// The gold score of an answer (stop token included) to prompt number i of `prompts`.
+    pub gold: &'a mut dyn GoldFn,
 }
 
 /// What a finished (or stopped) run returns.
@@ -54,6 +67,8 @@ pub struct PpoOutcome {
     pub history: Vec<PpoLogRow>,
     /// `OUT/model`, when the run finished and wrote it.
     pub model_dir: Option<PathBuf>,
+    /// The evaluations on the selection prompts, in step order (empty without them).
+    pub selection: Vec<SelectRow>,
 }
 
 /// Progress saved with each checkpoint.
@@ -62,6 +77,8 @@ struct PpoState {
     step: usize,
     kl: KlController,
     history: Vec<PpoLogRow>,
+    #[serde(default)]
+    selection: Vec<SelectRow>,
     config: PpoConfig,
 }
 
@@ -153,8 +170,14 @@ pub fn train(
         stop_tokens,
         reward,
         mut gold,
+        mut select,
         ..
     } = run;
+    if config.select_prompts.is_some() != select.is_some() {
+        return Err(PpoError::Config(
+            "select_prompts and the selection prompts given to the trainer disagree".into(),
+        ));
+    }
     let train_device = device.clone().autodiff();
     let ModelDir {
         config: model_config,
@@ -181,6 +204,7 @@ pub fn train(
             config.horizon,
         ),
         history: Vec::new(),
+        selection: Vec::new(),
         config: config.clone(),
     };
     let checkpoints = Checkpoints::new(&config.out.join("checkpoints"));
@@ -201,6 +225,47 @@ pub fn train(
         let path = path.to_path_buf();
         move |source| PpoError::Io { path, source }
     };
+
+    // Each evaluation whose policy beats the earlier ones is saved under `OUT/select/`, before
+    // the checkpoint that records it, so a resumed run finds the policy it chose.
+    let select_dir = config.out.join("select");
+    let keep_if_best = |policy: &PolicyWithValueHead,
+                        state: &mut PpoState,
+                        select: &mut Selection,
+                        reward: &mut dyn RewardFn|
+     -> Result<(), PpoError> {
+        let row = evaluate_selection(
+            config,
+            &policy.merged_lm(),
+            select,
+            stop_tokens,
+            reward,
+            state.step,
+            device,
+        )?;
+        tracing::info!(?row, "selection prompts");
+        state.selection.push(row);
+        if log::selected(&state.selection).map(|r| r.step) == Some(state.step) {
+            let out = ModelDir {
+                config: model_config.clone(),
+                model: policy.merged_lm(),
+                tokenizer: tokenizer.clone(),
+                generation_config: generation_config.clone(),
+            };
+            checkpoint::save_dir(
+                &selected_dir(&select_dir, state.step),
+                &out,
+                SaveOptions::default(),
+            )?;
+        }
+        let path = config.out.join("select_log.csv");
+        log::write_select_csv(&path, &state.selection).map_err(io(&path))
+    };
+    if let Some(select) = select.as_mut()
+        && state.selection.is_empty()
+    {
+        keep_if_best(&policy, &mut state, select, &mut *reward)?;
+    }
 
     let bar = distill_model::train::step_bar(config.steps, control.quiet);
     bar.set_position(state.step as u64);
@@ -258,17 +323,32 @@ pub fn train(
         bar.set_position(state.step as u64);
         state.history.push(row);
         log::write_csv(&log_path, &state.history).map_err(io(&log_path))?;
+        if let Some(select) = select.as_mut()
+            && (state.step == config.steps || state.step.is_multiple_of(config.select_every))
+        {
+            keep_if_best(&policy, &mut state, select, &mut *reward)?;
+        }
         if state.step == config.steps || state.step.is_multiple_of(config.checkpoint_every) {
             checkpoints.save(state.step, &policy, &optim, &state)?;
         }
     }
     bar.finish();
 
-    let model = policy.merged_lm();
+    let mut model = policy.merged_lm();
     let model_dir = if state.step == config.steps {
         let svg = config.out.join("ppo_log.svg");
         log::plot_svg(&svg, &state.history).map_err(PpoError::Plot)?;
         let dir = config.out.join("model");
+        if let Some(kept) = log::selected(&state.selection) {
+            tracing::info!(
+                step = kept.step,
+                gold = kept.gold,
+                "keeping the policy of step {}",
+                kept.step
+            );
+            model = distill_model::load::load_model(&selected_dir(&select_dir, kept.step), device)?
+                .model;
+        }
         let out = ModelDir {
             config: model_config,
             model: model.clone(),
@@ -276,6 +356,7 @@ pub fn train(
             generation_config,
         };
         checkpoint::save_dir(&dir, &out, SaveOptions::default())?;
+        let _ = std::fs::remove_dir_all(&select_dir);
         Some(dir)
     } else {
         None
@@ -286,7 +367,78 @@ pub fn train(
         start_step,
         history: state.history,
         model_dir,
+        selection: state.selection,
     })
+}
+
+/// Where the policy evaluated at step `step` is kept while it is the best so far.
+fn selected_dir(select_dir: &std::path::Path, step: usize) -> PathBuf {
+    select_dir.join(format!("step-{step:06}"))
+}
+
+/// The policy's greedy answers to the selection prompts, scored by the gold judge and the
+/// reward, at `step` steps done.
+fn evaluate_selection(
+    config: &PpoConfig,
+    lm: &LlamaForCausalLM,
+    select: &mut Selection,
+    stop_tokens: &[u32],
+    reward: &mut dyn RewardFn,
+    step: usize,
+    device: &Device,
+) -> Result<SelectRow, PpoError> {
+    let generate = GenerateConfig {
+        max_new_tokens: config.max_new_tokens,
+        stop_tokens: stop_tokens.to_vec(),
+        sampling: SamplingConfig::default(),
+    };
+    let (mut gold, mut score, mut length) = (0.0, 0.0, 0);
+    for (c, prompts) in select.prompts.chunks(config.batch_size).enumerate() {
+        let responses: Vec<Vec<u32>> = generate_continuations(lm, prompts, &generate, device)
+            .into_iter()
+            .map(|c| c.tokens.into_iter().chain(c.stop_token).collect())
+            .collect();
+        for s in checked_scores(reward, prompts, &responses, step)? {
+            score += f64::from(s);
+        }
+        for (i, r) in responses.iter().enumerate() {
+            gold += select.gold.score(c * config.batch_size + i, r);
+            length += r.len();
+        }
+    }
+    let n = select.prompts.len().max(1) as f64;
+    Ok(SelectRow {
+        step,
+        gold: gold / n,
+        score: score / n,
+        response_length: length as f64 / n,
+    })
+}
+
+/// `reward`'s scores of `responses` to `prompts`, one finite score each (else an error naming
+/// step `step`, 0-based).
+fn checked_scores(
+    reward: &mut dyn RewardFn,
+    prompts: &[Vec<u32>],
+    responses: &[Vec<u32>],
+    step: usize,
+) -> Result<Vec<f32>, PpoError> {
+    let scores = reward.score(prompts, responses);
+    if scores.len() != responses.len() {
+        return Err(PpoError::Reward(format!(
+            "{} scores for {} responses",
+            scores.len(),
+            responses.len()
+        )));
+    }
+    if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(PpoError::Reward(format!(
+            "score {} of response {bad} at step {} is not finite",
+            scores[bad],
+            step + 1
+        )));
+    }
+    Ok(scores)
 }
 
 /// Samples, scores and evaluates step `step`'s rollout batch and computes its advantages.
@@ -314,21 +466,7 @@ fn roll_out(
         device,
     );
     let batch = RolloutBatch::new(chosen, responses);
-    let scores = reward.score(&batch.prompts, &batch.responses);
-    if scores.len() != batch.len() {
-        return Err(PpoError::Reward(format!(
-            "{} scores for {} responses",
-            scores.len(),
-            batch.len()
-        )));
-    }
-    if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(PpoError::Reward(format!(
-            "score {} of response {bad} at step {} is not finite",
-            scores[bad],
-            step + 1
-        )));
-    }
+    let scores = checked_scores(reward, &batch.prompts, &batch.responses, step)?;
     let gold = gold.map(|g| {
         rows.iter()
             .zip(&batch.responses)
