@@ -717,3 +717,26 @@ pub fn run(
         parameters: model_config.num_parameters(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped distillation configs read, and their training and loss settings are valid
+    /// (their model paths exist only after the runs before them).
+    #[test]
+    fn the_shipped_configs_read_and_their_settings_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for name in [
+            "kd-manpages",
+            "ce-manpages",
+            "kd-random-manpages",
+            "kd-manpages-gpu",
+        ] {
+            let path = dir.join(format!("{name}.toml"));
+            let c = KdRunConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.train.validate().unwrap();
+            c.kd.validate().unwrap();
+        }
+    }
+}
