@@ -523,6 +523,7 @@ fn compare_scores_each_stage_with_paired_intervals() {
         batch_size: 2,
         bootstrap_samples: 200,
         examples: 2,
+        samples: 2,
         out: tmp.path().join("compare"),
         ..CompareConfig::default()
     };
@@ -533,10 +534,26 @@ fn compare_scores_each_stage_with_paired_intervals() {
     let [s, c, o] = &report.models[..] else {
         panic!("three models")
     };
-    // Identical models answer identically: every paired gain is 0 with a point interval.
+    // Identical models answer identically, sampled answers too (the same seeds): every paired
+    // gain is 0 with a point interval.
     assert_eq!(
         (s.gold, s.reward, s.choice_accuracy),
         (c.gold, c.reward, c.choice_accuracy)
+    );
+    assert_eq!(
+        (s.sampled_gold, s.sampled_reward, s.sampled_tokens),
+        (c.sampled_gold, c.sampled_reward, c.sampled_tokens)
+    );
+    assert!(s.sampled_gold.is_some() && s.sampled_reward.is_some());
+    assert!(s.sampled_tokens.unwrap() > 0.0);
+    // Sampled at temperature 1, the answers differ from the greedy ones somewhere.
+    assert!(
+        report
+            .models
+            .iter()
+            .any(|m| m.sampled_reward.unwrap().estimate != m.reward.unwrap().estimate),
+        "{:?}",
+        report.models
     );
     for g in report.gains.iter().filter(|g| g.to == "copy") {
         assert_eq!(
@@ -548,8 +565,9 @@ fn compare_scores_each_stage_with_paired_intervals() {
     }
     assert!(s.kl_to_reference.is_none());
     assert!(c.kl_to_reference.unwrap().estimate.abs() < 1e-5, "{c:?}");
-    // Gains: sft→copy, copy→other, sft→other, each in gold, reward and MC accuracy.
-    assert_eq!(report.gains.len(), 9);
+    // Gains: sft→copy, copy→other, sft→other, each in gold, reward, MC accuracy, and the
+    // sampled answers' gold and reward.
+    assert_eq!(report.gains.len(), 15);
     let g = report
         .gains
         .iter()
@@ -588,7 +606,10 @@ fn compare_scores_each_stage_with_paired_intervals() {
     }
     let md = std::fs::read_to_string(tmp.path().join("compare/compare.md")).unwrap();
     assert!(
-        md.contains("| sft → other | gold |") && md.contains("KL to sft"),
+        md.contains("| sft → other | gold |")
+            && md.contains("KL to sft")
+            && md.contains("| sft → other | sampled_gold |")
+            && md.contains("sampled at temperature 1"),
         "{md}"
     );
     assert_eq!(report.examples.len(), 2);

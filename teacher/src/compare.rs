@@ -9,6 +9,10 @@
 //! KL here is exact per position: Σ_t Σ_v π(v|ctx_t)·(log π − log π_ref)(v|ctx_t) along the
 //! model's own greedy answer, in nats per answer (PPO's log samples at temperature 1 and
 //! estimates it from the sampled tokens, so the two differ).
+//!
+//! With `samples`, each model also answers every prompt that many times at temperature 1, as
+//! PPO samples: PPO maximizes the expected reward of such answers, which greedy decoding does
+//! not measure. A prompt's sampled scores are averaged before the bootstrap.
 
 use crate::bootstrap::{Interval, mean_interval, paired_difference};
 use crate::ppo::policy::response_log_dist;
@@ -78,6 +82,9 @@ pub struct CompareConfig {
     pub seed: u64,
     /// Prompts whose answers are shown in the report, every model's side by side. Default 3.
     pub examples: usize,
+    /// Answers per prompt sampled at temperature 1 (seeded by `seed`), besides the greedy
+    /// one, scored by the gold judge and the reward model; 0 skips them. Default 0.
+    pub samples: usize,
     /// Output folder: `compare.json`, `compare.md`, `answers.jsonl`. Default `runs/compare`.
     pub out: PathBuf,
 }
@@ -97,6 +104,7 @@ impl Default for CompareConfig {
             bootstrap_samples: 10_000,
             seed: 0,
             examples: 3,
+            samples: 0,
             out: "runs/compare".into(),
         }
     }
@@ -193,6 +201,15 @@ pub struct ModelScores {
     pub answer_tokens: f64,
     /// Fraction of answers that ended with a stop token before `max_new_tokens`.
     pub finished: f64,
+    /// Gold score of the sampled answers (with `samples`).
+    #[serde(default)]
+    pub sampled_gold: Option<Interval>,
+    /// Reward of the sampled answers (with `samples` and a reward model).
+    #[serde(default)]
+    pub sampled_reward: Option<Interval>,
+    /// Mean sampled answer length in tokens (with `samples`).
+    #[serde(default)]
+    pub sampled_tokens: Option<f64>,
 }
 
 /// The gain of `to` over `from` in one metric, paired over the same prompts or questions.
@@ -202,7 +219,7 @@ pub struct Gain {
     pub from: String,
     /// The later model.
     pub to: String,
-    /// `gold`, `reward` or `choice_accuracy`.
+    /// `gold`, `reward`, `choice_accuracy`, `sampled_gold` or `sampled_reward`.
     pub metric: String,
     /// Mean of `to − from` with its interval.
     pub gain: Interval,
@@ -255,6 +272,9 @@ pub struct CompareReport {
     pub reference: Option<String>,
     /// Decoding: greedy, at most this many tokens.
     pub max_new_tokens: usize,
+    /// Answers sampled per prompt at temperature 1 (0: none).
+    #[serde(default)]
+    pub samples: usize,
     /// Bootstrap resamples per interval, confidence level, seed.
     pub bootstrap_samples: usize,
     pub level: f64,
@@ -276,6 +296,15 @@ struct Measured {
     lengths: Vec<usize>,
     finished: Vec<bool>,
     correct: Option<Vec<f64>>,
+    sampled: Option<Sampled>,
+}
+
+/// Per-prompt means over the sampled answers of one model.
+struct Sampled {
+    gold: Vec<f64>,
+    reward: Option<Vec<f64>>,
+    /// Mean answer length over every sampled answer, tokens.
+    tokens: f64,
 }
 
 /// Runs the comparison of `config` on `device` and writes its files.
@@ -414,7 +443,7 @@ impl Context<'_> {
         &self,
         m: &ModelDir,
         name: &str,
-        reward: Option<&mut RewardModelFn>,
+        mut reward: Option<&mut RewardModelFn>,
         reference: Option<&LlamaForCausalLM>,
     ) -> Result<Measured, CompareError> {
         let (config, batch) = (self.config, self.config.batch_size);
@@ -441,7 +470,7 @@ impl Context<'_> {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let rewards: Option<Vec<f64>> = reward.map(|r| {
+        let rewards: Option<Vec<f64>> = reward.as_deref_mut().map(|r| {
             self.prompts
                 .chunks(batch)
                 .zip(tokens.chunks(batch))
@@ -481,11 +510,76 @@ impl Context<'_> {
                 kl: kl.as_ref().map(|v| v[k]),
             });
         }
+        let sampled = match config.samples {
+            0 => None,
+            _ => Some(self.sample(m, name, reward)?),
+        };
         Ok(Measured {
             answers,
             lengths: tokens.iter().map(Vec::len).collect(),
             finished,
             correct,
+            sampled,
+        })
+    }
+
+    /// `config.samples` answers per prompt at temperature 1, scored; the same seeds for every
+    /// model.
+    fn sample(
+        &self,
+        m: &ModelDir,
+        name: &str,
+        mut reward: Option<&mut RewardModelFn>,
+    ) -> Result<Sampled, CompareError> {
+        let (config, batch) = (self.config, self.config.batch_size);
+        let n = self.prompts.len();
+        tracing::info!(
+            "`{name}`: sampling {} answers to each prompt",
+            config.samples
+        );
+        let bar = distill_model::train::step_bar(n * config.samples, false);
+        bar.set_message(format!("{name}: sampled answers"));
+        let mut gold = vec![0.0; n];
+        let mut rewards = reward.as_ref().map(|_| vec![0.0; n]);
+        let mut tokens = 0;
+        for sample in 0..config.samples {
+            for (c, chunk) in self.prompts.chunks(batch).enumerate() {
+                let generate = GenerateConfig {
+                    max_new_tokens: config.max_new_tokens,
+                    stop_tokens: self.stops.to_vec(),
+                    sampling: SamplingConfig {
+                        temperature: 1.0,
+                        top_k: 0,
+                        top_p: 1.0,
+                        seed: config.seed ^ ((sample as u64) << 32) ^ c as u64,
+                    },
+                };
+                let answers = generate_continuations(&m.model, chunk, &generate, self.device);
+                let full: Vec<Vec<u32>> = answers
+                    .iter()
+                    .map(|a| a.tokens.iter().copied().chain(a.stop_token).collect())
+                    .collect();
+                if let (Some(r), Some(sum)) = (reward.as_deref_mut(), rewards.as_mut()) {
+                    for (k, score) in r.score(chunk, &full).into_iter().enumerate() {
+                        sum[c * batch + k] += f64::from(score);
+                    }
+                }
+                for (k, a) in answers.iter().enumerate() {
+                    let i = c * batch + k;
+                    let text = self.tokenizer.decode(&a.tokens).unwrap_or_default();
+                    gold[i] += self.judge.score(&self.ids[i], &text)?;
+                    tokens += full[k].len();
+                }
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        bar.finish_and_clear();
+        let per = config.samples as f64;
+        let mean = |v: Vec<f64>| v.into_iter().map(|x| x / per).collect::<Vec<f64>>();
+        Ok(Sampled {
+            gold: mean(gold),
+            reward: rewards.map(mean),
+            tokens: tokens as f64 / (n as f64 * per),
         })
     }
 }
@@ -555,6 +649,9 @@ fn summarize(
                 choice_accuracy: interval(m.correct.clone()),
                 answer_tokens: m.lengths.iter().sum::<usize>() as f64 / n,
                 finished: m.finished.iter().filter(|&&f| f).count() as f64 / n,
+                sampled_gold: interval(m.sampled.as_ref().map(|s| s.gold.clone())),
+                sampled_reward: interval(m.sampled.as_ref().and_then(|s| s.reward.clone())),
+                sampled_tokens: m.sampled.as_ref().map(|s| s.tokens),
             }
         })
         .collect();
@@ -566,7 +663,10 @@ fn summarize(
     }
     let mut gains = Vec::new();
     for (a, b) in pairs {
-        let metrics: [(&str, Column, Column); 3] = [
+        let sampled = |m: &Measured, f: fn(&Sampled) -> Column| m.sampled.as_ref().and_then(f);
+        let sampled_gold = |s: &Sampled| Some(s.gold.clone());
+        let sampled_reward = |s: &Sampled| s.reward.clone();
+        let metrics: [(&str, Column, Column); 5] = [
             (
                 "gold",
                 column(&measured[a], gold),
@@ -581,6 +681,16 @@ fn summarize(
                 "choice_accuracy",
                 measured[a].correct.clone(),
                 measured[b].correct.clone(),
+            ),
+            (
+                "sampled_gold",
+                sampled(&measured[a], sampled_gold),
+                sampled(&measured[b], sampled_gold),
+            ),
+            (
+                "sampled_reward",
+                sampled(&measured[a], sampled_reward),
+                sampled(&measured[b], sampled_reward),
             ),
         ];
         for (metric, before, after) in metrics {
@@ -614,6 +724,7 @@ fn summarize(
         questions: measured[0].correct.as_ref().map_or(0, Vec::len),
         reference: reference.map(|r| config.models[r].name.clone()),
         max_new_tokens: config.max_new_tokens,
+        samples: config.samples,
         bootstrap_samples: samples,
         level: LEVEL,
         seed,
@@ -697,6 +808,29 @@ impl CompareReport {
                 m.answer_tokens,
                 m.finished * 100.0
             );
+        }
+        if self.samples > 0 {
+            let _ = writeln!(
+                s,
+                "\n{} answers to each prompt sampled at temperature 1 (the scores of a prompt's \
+                 answers averaged, then bootstrapped over the prompts):\n",
+                self.samples
+            );
+            let _ = writeln!(
+                s,
+                "| model | sampled gold score | sampled reward | answer tokens |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|");
+            for m in &self.models {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.1} |",
+                    m.name,
+                    show_opt(&m.sampled_gold),
+                    show_opt(&m.sampled_reward),
+                    m.sampled_tokens.unwrap_or(f64::NAN)
+                );
+            }
         }
         let _ = writeln!(
             s,
