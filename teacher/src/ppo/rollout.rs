@@ -28,7 +28,18 @@ pub fn sample_responses(
             seed,
         },
     };
-    generate_continuations(lm, prompts, &config, device)
+    answers(lm, prompts, &config, device)
+}
+
+/// One answer per prompt from `lm` as `config` decodes, each ending with the stop token that
+/// ended it, if one did.
+pub fn answers(
+    lm: &LlamaForCausalLM,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    generate_continuations(lm, prompts, config, device)
         .into_iter()
         .map(|c| c.tokens.into_iter().chain(c.stop_token).collect())
         .collect()

@@ -10,7 +10,7 @@ use super::kl::KlController;
 use super::log::{self, PpoLogRow, SelectRow};
 use super::loss::{PpoInputs, ppo_losses};
 use super::policy::{PolicyWithValueHead, entropy, response_logprobs};
-use super::rollout::{RolloutBatch, sample_responses};
+use super::rollout::{RolloutBatch, answers, sample_responses};
 use super::{GoldFn, PpoConfig, PpoError, RewardFn};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
@@ -18,7 +18,7 @@ use burn::prelude::*;
 use distill_model::LlamaForCausalLM;
 use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::data::{PackedWindows, permutation};
-use distill_model::generate::{GenerateConfig, generate_continuations};
+use distill_model::generate::GenerateConfig;
 use distill_model::loss::cross_entropy;
 use distill_model::sample::SamplingConfig;
 use distill_model::train::{Checkpoints, TrainControl, clip_global_norm};
@@ -234,21 +234,14 @@ pub fn train(
                         select: &mut Selection,
                         reward: &mut dyn RewardFn|
      -> Result<(), PpoError> {
-        let row = evaluate_selection(
-            config,
-            &policy.merged_lm(),
-            select,
-            stop_tokens,
-            reward,
-            state.step,
-            device,
-        )?;
+        let lm = policy.merged_lm();
+        let row = evaluate_selection(config, &lm, select, stop_tokens, reward, state.step, device)?;
         tracing::info!(?row, "selection prompts");
         state.selection.push(row);
         if log::selected(&state.selection).map(|r| r.step) == Some(state.step) {
             let out = ModelDir {
                 config: model_config.clone(),
-                model: policy.merged_lm(),
+                model: lm,
                 tokenizer: tokenizer.clone(),
                 generation_config: generation_config.clone(),
             };
@@ -334,21 +327,23 @@ pub fn train(
     }
     bar.finish();
 
-    let mut model = policy.merged_lm();
-    let model_dir = if state.step == config.steps {
-        let svg = config.out.join("ppo_log.svg");
-        log::plot_svg(&svg, &state.history).map_err(PpoError::Plot)?;
-        let dir = config.out.join("model");
-        if let Some(kept) = log::selected(&state.selection) {
+    let finished = state.step == config.steps;
+    let model = match log::selected(&state.selection).filter(|_| finished) {
+        Some(kept) => {
             tracing::info!(
                 step = kept.step,
                 gold = kept.gold,
                 "keeping the policy of step {}",
                 kept.step
             );
-            model = distill_model::load::load_model(&selected_dir(&select_dir, kept.step), device)?
-                .model;
+            distill_model::load::load_model(&selected_dir(&select_dir, kept.step), device)?.model
         }
+        None => policy.merged_lm(),
+    };
+    let model_dir = if finished {
+        let svg = config.out.join("ppo_log.svg");
+        log::plot_svg(&svg, &state.history).map_err(PpoError::Plot)?;
+        let dir = config.out.join("model");
         let out = ModelDir {
             config: model_config,
             model: model.clone(),
@@ -394,10 +389,7 @@ fn evaluate_selection(
     };
     let (mut gold, mut score, mut length) = (0.0, 0.0, 0);
     for (c, prompts) in select.prompts.chunks(config.batch_size).enumerate() {
-        let responses: Vec<Vec<u32>> = generate_continuations(lm, prompts, &generate, device)
-            .into_iter()
-            .map(|c| c.tokens.into_iter().chain(c.stop_token).collect())
-            .collect();
+        let responses = answers(lm, prompts, &generate, device);
         for s in checked_scores(reward, prompts, &responses, step)? {
             score += f64::from(s);
         }
