@@ -11,7 +11,7 @@ use distill_model::chat::Message;
 use distill_model::checkpoint::{self, ModelDir, SaveOptions};
 use distill_model::tokenizer::{ENDOFTEXT, Tokenizer};
 use distill_model::train::{TrainConfig, TrainControl};
-use distill_teacher::records::{Demonstration, Ranking, write_jsonl};
+use distill_teacher::records::{Comparison, DataFiles, Demonstration, Ranking, write_jsonl};
 use distill_teacher::reward::{self, RewardConfig};
 use distill_teacher::sft::{self, ChatEncoder, SftConfig};
 use serde_json::Value;
@@ -126,6 +126,23 @@ fn rankings(path: &Path, n: usize, seed: u64) {
     write_jsonl(path, &records).unwrap();
 }
 
+/// `n` comparisons `{"prompt","chosen","rejected"}` of the same rule: the answer with more
+/// `good` words is chosen.
+fn comparisons(path: &Path, n: usize, seed: u64) {
+    let scratch = path.with_extension("rankings");
+    rankings(&scratch, n, seed);
+    let pairs: Vec<Comparison> = distill_teacher::records::read_rankings(&scratch)
+        .unwrap()
+        .into_iter()
+        .map(|r| Comparison {
+            prompt: r.prompt,
+            chosen: r.responses[r.ranking[0]].clone(),
+            rejected: r.responses[r.ranking[3]].clone(),
+        })
+        .collect();
+    write_jsonl(path, &pairs).unwrap();
+}
+
 fn quiet() -> TrainControl {
     distill_model::device::pin_default_device_to_cpu();
     TrainControl::quiet()
@@ -232,11 +249,14 @@ fn the_reward_model_learns_a_synthetic_ranking() {
         tmp.path().join("train.jsonl"),
         tmp.path().join("valid.jsonl"),
     );
+    let pairs = tmp.path().join("pairs.jsonl");
     rankings(&train, 400, 1);
+    comparisons(&pairs, 150, 3);
     rankings(&valid, 60, 2);
     let config = RewardConfig {
-        train_data: train,
-        valid_data: Some(valid.clone()),
+        // Rankings of four and comparisons, two files read as one set.
+        train_data: DataFiles(vec![train, pairs]),
+        valid_data: Some(valid.clone().into()),
         init: model,
         out: tmp.path().join("reward"),
         train: TrainConfig {
@@ -253,6 +273,7 @@ fn the_reward_model_learns_a_synthetic_ranking() {
         ..RewardConfig::default()
     };
     let s = reward::run(&config, &Device::flex(), &quiet()).unwrap();
+    assert_eq!(s.train_rankings, 550);
     let report = s.validation.as_ref().expect("a validation report");
     println!("{report:#?}");
     let (first, last) = (s.history[0].train, s.history.last().unwrap().train);

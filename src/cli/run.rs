@@ -13,7 +13,7 @@ pub struct RunArgs {
     /// Continue stages that were interrupted, from their checkpoints.
     #[arg(long)]
     resume: bool,
-    /// Only read and check the recipe, then list its stages and where each stands.
+    /// Only read and check the recipe (keys, values, files) and count its stages; runs nothing.
     #[arg(long)]
     check: bool,
 }

@@ -50,6 +50,12 @@ pub struct PpoArgs {
     /// A TOML file of settings (see README); the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The SFT model: the policy's start and the frozen KL reference.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The reward model (`teacher reward`'s OUT/model).
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
     /// Rollout-and-update steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -125,6 +131,12 @@ fn run_ppo(args: PpoArgs, device: DeviceChoice) -> Result<()> {
         Some(path) => PpoConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
         None => PpoConfig::default(),
     };
+    if let Some(policy) = args.policy {
+        config.policy = policy;
+    }
+    if let Some(reward_model) = args.reward_model {
+        config.reward_model = reward_model;
+    }
     if let Some(steps) = args.steps {
         config.steps = steps;
     }
@@ -279,18 +291,18 @@ pub struct StageArgs {
 impl StageArgs {
     /// Overrides the config's keys with the flags given (all but `--init`, whose key differs
     /// in type between the stages).
-    fn apply(
+    fn apply<D: From<PathBuf>>(
         &self,
-        train_data: &mut PathBuf,
-        valid_data: &mut Option<PathBuf>,
+        train_data: &mut D,
+        valid_data: &mut Option<D>,
         out: &mut PathBuf,
         steps: &mut usize,
     ) {
         if let Some(v) = &self.data {
-            *train_data = v.clone();
+            *train_data = v.clone().into();
         }
         if let Some(v) = &self.valid {
-            *valid_data = Some(v.clone());
+            *valid_data = Some(v.clone().into());
         }
         if let Some(v) = &self.out {
             *out = v.clone();

@@ -26,6 +26,7 @@ use distill_model::gguf::GgufDtype;
 use distill_model::train::TrainControl;
 use distill_teacher::compare::{CompareConfig, CompareReport, NamedModel};
 use distill_teacher::questions::choice::{ChoiceReport, evaluate_choices, flip_rate};
+use distill_teacher::records::DataFiles;
 use distill_teacher::reward::AccuracyReport;
 use recipe::{LoadedRecipe, variant_suffix};
 use serde_json::{Value, json};
@@ -124,6 +125,17 @@ impl Runner<'_> {
     fn data_hash(&mut self, path: &Option<PathBuf>) -> Result<String> {
         path.as_ref()
             .map_or(Ok(String::new()), |p| self.hashes.of(p))
+    }
+
+    /// The hashes of `files` joined by `+` (a single file's hash alone, as [`Self::data_hash`]
+    /// gives it); empty for none.
+    fn files_hash(&mut self, files: Option<&DataFiles>) -> Result<String> {
+        let hashes = files
+            .into_iter()
+            .flat_map(DataFiles::iter)
+            .map(|p| self.hashes.of(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(hashes.join("+"))
     }
 }
 
@@ -278,9 +290,9 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
     if let Some(config) = spec.reward {
         let inputs = [
             m.key.clone(),
-            run.hashes.of(&config.train_data)?,
-            run.data_hash(&config.valid_data)?,
-            run.data_hash(&config.test_data)?,
+            run.files_hash(Some(&config.train_data))?,
+            run.files_hash(config.valid_data.as_ref())?,
+            run.files_hash(config.test_data.as_ref())?,
         ];
         let stage = run.stage(
             "teacher/reward",

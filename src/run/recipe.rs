@@ -376,7 +376,19 @@ fn check_teacher_stages(t: &TeacherSpec) -> Result<()> {
     if let Some(c) = &t.reward {
         owned("teacher.reward.init", !c.init.as_os_str().is_empty())?;
         owned("teacher.reward.out", c.out != RewardConfig::default().out)?;
-        exists("teacher.reward.train_data", &c.train_data)?;
+        if c.train_data.is_empty() {
+            bail!("key `teacher.reward.train_data` is not set");
+        }
+        let data = [
+            ("train_data", Some(&c.train_data)),
+            ("valid_data", c.valid_data.as_ref()),
+            ("test_data", c.test_data.as_ref()),
+        ];
+        for (key, files) in data {
+            for f in files.into_iter().flat_map(|f| f.iter()) {
+                exists(&format!("teacher.reward.{key}"), f)?;
+            }
+        }
         c.train
             .validate()
             .map_err(|e| anyhow!("key `teacher.reward.train`: {e}"))?;

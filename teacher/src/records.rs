@@ -6,7 +6,7 @@ use distill_model::chat::Message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A record file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +244,76 @@ pub fn read_rankings(path: &Path) -> Result<Vec<Ranking>, RecordError> {
     }
 }
 
+/// One data file or several read as one set: `"a.jsonl"` or `["a.jsonl", "b.jsonl"]` in TOML.
+/// A single file is written back as a plain path, so configs that name one file keep their
+/// serialized form (and a recipe its stage keys).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataFiles(pub Vec<PathBuf>);
+
+impl DataFiles {
+    /// Whether no file is named (or the only one is an empty path).
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|p| p.as_os_str().is_empty())
+    }
+
+    /// The files, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, PathBuf> {
+        self.0.iter()
+    }
+}
+
+impl From<PathBuf> for DataFiles {
+    fn from(path: PathBuf) -> Self {
+        Self(vec![path])
+    }
+}
+
+impl From<&str> for DataFiles {
+    fn from(path: &str) -> Self {
+        Self(vec![PathBuf::from(path)])
+    }
+}
+
+impl std::fmt::Display for DataFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.0.iter().map(|p| p.display().to_string()).collect();
+        f.write_str(&names.join(" + "))
+    }
+}
+
+impl Serialize for DataFiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DataFiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a file path or a list of file paths")]
+        enum OneOrMany {
+            One(PathBuf),
+            Many(Vec<PathBuf>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(p) => Self(vec![p]),
+            OneOrMany::Many(v) => Self(v),
+        })
+    }
+}
+
+/// Reads reward-model data from every file of `files`, in order, with the file each record
+/// came from.
+pub fn read_rankings_from(files: &DataFiles) -> Result<Vec<(PathBuf, Vec<Ranking>)>, RecordError> {
+    files
+        .iter()
+        .map(|p| Ok((p.clone(), read_rankings(p)?)))
+        .collect()
+}
+
 /// Writes records as JSON Lines, atomically.
 pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<()> {
     use std::io::Write;
@@ -308,6 +378,28 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), lines).unwrap();
         f
+    }
+
+    #[test]
+    fn data_files_read_one_path_or_a_list_and_write_one_path_back() {
+        #[derive(Serialize, Deserialize)]
+        struct C {
+            data: DataFiles,
+        }
+        let one: C = toml::from_str(r#"data = "a.jsonl""#).unwrap();
+        assert_eq!(one.data, DataFiles::from("a.jsonl"));
+        assert_eq!(
+            serde_json::to_value(&one).unwrap(),
+            serde_json::json!({"data": "a.jsonl"})
+        );
+        let two: C = toml::from_str(r#"data = ["a.jsonl", "b.jsonl"]"#).unwrap();
+        assert_eq!(two.data.to_string(), "a.jsonl + b.jsonl");
+        assert_eq!(
+            serde_json::to_value(&two).unwrap(),
+            serde_json::json!({"data": ["a.jsonl", "b.jsonl"]})
+        );
+        let e = toml::from_str::<C>("data = 3").err().unwrap().to_string();
+        assert!(e.contains("a file path or a list of file paths"), "{e}");
     }
 
     #[test]

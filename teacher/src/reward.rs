@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::records::{self, Ranking, RecordError};
+use crate::records::{self, DataFiles, RecordError};
 use crate::sft::{
     ChatEncoder, ChatTokens, EncodeError, check_common, hold_out, ids_tensor, shuffled,
 };
@@ -30,15 +30,16 @@ use crate::sft::{
 #[serde(default, deny_unknown_fields)]
 pub struct RewardConfig {
     /// Rankings `{"prompt", "responses", "ranking", "kinds"?}` or comparisons
-    /// `{"prompt", "chosen", "rejected"}`, as JSON Lines.
-    pub train_data: PathBuf,
-    /// Validation rankings: the loss during training and the held-out accuracy at the end.
-    /// Without them `valid_fraction` of `train_data` is held out.
-    pub valid_data: Option<PathBuf>,
+    /// `{"prompt", "chosen", "rejected"}`, as JSON Lines: one file, or a list of files read as
+    /// one set (e.g. the four-way rankings and the near misses).
+    pub train_data: DataFiles,
+    /// Validation rankings (one file or a list): the loss during training and the held-out
+    /// accuracy at the end. Without them `valid_fraction` of `train_data` is held out.
+    pub valid_data: Option<DataFiles>,
     /// Share of `train_data` held out when `valid_data` is not given. Default 0.05.
     pub valid_fraction: f64,
-    /// Test rankings, scored once at the end (accuracy only); optional.
-    pub test_data: Option<PathBuf>,
+    /// Test rankings (one file or a list), scored once at the end (accuracy only); optional.
+    pub test_data: Option<DataFiles>,
     /// The SFT model the reward model starts from (HF directory or GGUF file); its LM head
     /// is dropped.
     pub init: PathBuf,
@@ -58,7 +59,7 @@ pub struct RewardConfig {
 impl Default for RewardConfig {
     fn default() -> Self {
         Self {
-            train_data: PathBuf::new(),
+            train_data: DataFiles::default(),
             valid_data: None,
             valid_fraction: 0.05,
             test_data: None,
@@ -225,16 +226,16 @@ struct EncodedRanking {
     question: Option<String>,
 }
 
+/// The rankings of every file of `files`, tokenized, in file order.
 fn encode_rankings(
     encoder: &ChatEncoder,
-    rankings: &[Ranking],
-    origin: &Path,
+    files: &[(PathBuf, Vec<records::Ranking>)],
 ) -> Result<Vec<EncodedRanking>, RewardError> {
     use distill_model::chat::Message;
-    rankings
+    files
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
+        .flat_map(|(origin, rankings)| rankings.iter().enumerate().map(move |r| (origin, r)))
+        .map(|(origin, (i, r))| {
             let responses = r
                 .responses
                 .iter()
@@ -590,17 +591,17 @@ pub fn run(
     let started = Instant::now();
     config.train.validate().map_err(RewardError::Config)?;
     check_common(
-        &config.train_data,
+        !config.train_data.is_empty(),
         &config.init,
         config.valid_fraction,
         config.max_prompt_tokens,
         config.max_response_tokens,
     )
     .map_err(RewardError::Config)?;
-    let read = |p: &Option<PathBuf>| -> Result<Option<Vec<Ranking>>, RecordError> {
-        p.as_deref().map(records::read_rankings).transpose()
+    let read = |files: &Option<DataFiles>| -> Result<_, RecordError> {
+        files.as_ref().map(records::read_rankings_from).transpose()
     };
-    let rankings = records::read_rankings(&config.train_data)?;
+    let rankings = records::read_rankings_from(&config.train_data)?;
     let (valid_rankings, test_rankings) = (read(&config.valid_data)?, read(&config.test_data)?);
 
     let device = device.clone().autodiff();
@@ -616,19 +617,18 @@ pub fn run(
         origin: config.init.display().to_string(),
         source: e.into(),
     })?;
-    let encoded = encode_rankings(&encoder, &rankings, &config.train_data)?;
-    let (train_set, valid_set) = match (&config.valid_data, valid_rankings) {
-        (Some(path), Some(v)) => (encoded, encode_rankings(&encoder, &v, path)?),
-        _ => hold_out(encoded, config.valid_fraction, config.train.seed),
+    let encoded = encode_rankings(&encoder, &rankings)?;
+    let (train_set, valid_set) = match valid_rankings {
+        Some(v) => (encoded, encode_rankings(&encoder, &v)?),
+        None => hold_out(encoded, config.valid_fraction, config.train.seed),
     };
-    let test_set = match (&config.test_data, test_rankings) {
-        (Some(path), Some(t)) => Some(encode_rankings(&encoder, &t, path)?),
-        _ => None,
-    };
+    let test_set = test_rankings
+        .map(|t| encode_rankings(&encoder, &t))
+        .transpose()?;
     if train_set.is_empty() {
         return Err(RewardError::Config(format!(
             "{}: no rankings left for training",
-            config.train_data.display()
+            config.train_data
         )));
     }
     let answers = || {
@@ -675,20 +675,19 @@ pub fn run(
     if finished {
         let scorer = outcome.model.valid();
         let held_out_name = match &config.valid_data {
-            Some(p) => p.display().to_string(),
-            None => format!("{} (held out)", config.train_data.display()),
+            Some(files) => files.to_string(),
+            None => format!("{} (held out)", config.train_data),
         };
-        // As many sequences a forward as a training micro-batch holds.
-        let rows = config.train.batch_size * task.train[0].responses.len();
+        // As many sequences a forward as a training micro-batch of the largest rankings holds.
+        let widest = task.train.iter().map(|r| r.responses.len()).max();
+        let rows = config.train.batch_size * widest.unwrap_or(1);
         let quiet = control.quiet;
         validation = (!task.valid.is_empty())
             .then(|| AccuracyReport::new(&scorer, &task.valid, rows, pad, held_out_name, quiet));
         test = test_set
             .as_ref()
             .zip(config.test_data.as_ref())
-            .map(|(t, p)| {
-                AccuracyReport::new(&scorer, t, rows, pad, p.display().to_string(), quiet)
-            });
+            .map(|(t, files)| AccuracyReport::new(&scorer, t, rows, pad, files.to_string(), quiet));
         let dir = RewardDir {
             config: m.config.clone(),
             model: outcome.model,
@@ -744,6 +743,38 @@ mod tests {
         let lm = c.init(&Device::flex(), 3);
         let m = RewardModel::from_causal_lm(lm, &c, 9);
         (c, m)
+    }
+
+    /// The shipped man-page configs of the steps after SFT read, with valid settings: the
+    /// reward model's reads the rankings and the near misses of each split as one set.
+    #[test]
+    fn the_man_page_reward_and_compare_configs_read() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let c = RewardConfig::from_toml_file(&configs.join("reward-manpages.toml")).unwrap();
+        c.train.validate().unwrap();
+        for (files, split) in [
+            (Some(&c.train_data), "train"),
+            (c.valid_data.as_ref(), "validation"),
+            (c.test_data.as_ref(), "test"),
+        ] {
+            let names: Vec<String> = files
+                .unwrap()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    format!("assets/questions/rankings.{split}.jsonl"),
+                    format!("assets/questions/near_misses.{split}.jsonl")
+                ]
+            );
+        }
+        let path = configs.join("compare-manpages.toml");
+        let c = crate::compare::CompareConfig::from_toml_file(&path).unwrap();
+        c.validate().unwrap();
+        let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["base", "sft", "ppo"]);
     }
 
     #[test]

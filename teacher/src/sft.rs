@@ -72,7 +72,7 @@ impl SftConfig {
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;
         check_common(
-            &self.train_data,
+            !self.train_data.as_os_str().is_empty(),
             &self.init,
             self.valid_fraction,
             self.max_prompt_tokens,
@@ -83,13 +83,13 @@ impl SftConfig {
 
 /// The checks `teacher sft` and `teacher reward` share: data and model named, sane limits.
 pub(crate) fn check_common(
-    train_data: &Path,
+    has_train_data: bool,
     init: &Path,
     valid_fraction: f64,
     max_prompt_tokens: usize,
     max_response_tokens: usize,
 ) -> Result<(), String> {
-    if train_data.as_os_str().is_empty() {
+    if !has_train_data {
         return Err("train_data is not set (use --data FILE or `train_data` in the config)".into());
     }
     if init.as_os_str().is_empty() {

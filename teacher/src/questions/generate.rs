@@ -13,6 +13,7 @@
 
 use super::QuestionKind;
 use super::judge::{Facts, Term, key, terms};
+use super::near_miss;
 use super::page::{ManPage, collapse, join_lines, page_refs, sentences};
 use crate::records::{
     Demonstration, Prompt, Ranking, Record, RecordError, read_jsonl, write_jsonl,
@@ -38,7 +39,7 @@ const MIN_DESCRIPTION_WORDS: usize = 10;
 const MIN_OFF_TOPIC_WORDS: usize = 12;
 
 /// Words that carry no fact: English function words and man-page boilerplate.
-const STOPWORDS: &[&str] = &[
+pub(super) const STOPWORDS: &[&str] = &[
     "a",
     "about",
     "above",
@@ -276,6 +277,8 @@ pub struct Question {
     pub id: String,
     /// The question's kind.
     pub kind: QuestionKind,
+    /// The page's name as the question gives it (`close`).
+    pub name: String,
     /// The user's turn.
     pub prompt: String,
     /// The page's answer.
@@ -295,6 +298,9 @@ pub struct SplitQuestions {
     pub questions: Vec<Question>,
     /// One ranking per question that has all four candidates.
     pub rankings: Vec<Ranking>,
+    /// The right answers against their truncated and garbled copies
+    /// ([`near_miss::near_misses`]).
+    pub near_misses: Vec<Ranking>,
 }
 
 /// A corpus or output that cannot be used.
@@ -351,11 +357,13 @@ pub fn generate(inputs: &[SplitInput], config: &QuestionsConfig) -> Vec<SplitQue
                 }
             }
             let rankings = rankings(&questions, &input.off_topic, config);
+            let near_misses = near_miss::near_misses(&questions, config.seed);
             SplitQuestions {
                 split: input.split,
                 pages: pages.len(),
                 questions,
                 rankings,
+                near_misses,
             }
         })
         .collect()
@@ -550,7 +558,7 @@ fn is_option(t: &Term) -> bool {
     t.text.starts_with('-') && t.is_distinctive()
 }
 
-fn end_sentence(text: &str) -> String {
+pub(super) fn end_sentence(text: &str) -> String {
     if text.ends_with(['.', '!', '?']) {
         text.to_string()
     } else {
@@ -739,6 +747,7 @@ fn question(
         },
         id,
         kind: d.kind,
+        name: page.name().to_string(),
         prompt,
         answer: d.answer.clone(),
     })
@@ -832,7 +841,7 @@ fn templates(kind: QuestionKind, page: &ManPage, answer: &str) -> &'static [&'st
 }
 
 /// FNV-1a of the seed and `parts`, finished with splitmix64: a stable 64-bit hash.
-fn hash(seed: u64, parts: &[&str]) -> u64 {
+pub(super) fn hash(seed: u64, parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -852,7 +861,7 @@ fn hash(seed: u64, parts: &[&str]) -> u64 {
 }
 
 /// An index below `n` chosen by [`hash`].
-fn pick(seed: u64, parts: &[&str], n: usize) -> usize {
+pub(super) fn pick(seed: u64, parts: &[&str], n: usize) -> usize {
     (hash(seed, parts) % n as u64) as usize
 }
 
@@ -975,6 +984,9 @@ pub struct SplitSummary {
     pub prompts: usize,
     /// Rankings (questions with all four candidates).
     pub rankings: usize,
+    /// Near misses (rankings of two: the right answer over its truncated or garbled copy).
+    #[serde(default)]
+    pub near_misses: usize,
     /// Questions per kind.
     pub prompts_by_kind: BTreeMap<String, usize>,
     /// Rankings per kind.
@@ -1108,6 +1120,7 @@ pub fn summarize(
                 pages_with_questions: pages.len(),
                 prompts: s.questions.len(),
                 rankings: s.rankings.len(),
+                near_misses: s.near_misses.len(),
                 prompts_by_kind,
                 rankings_by_kind,
             },
@@ -1116,6 +1129,10 @@ pub fn summarize(
         files.insert(
             format!("rankings.{}.jsonl", s.split.as_str()),
             s.rankings.len(),
+        );
+        files.insert(
+            format!("near_misses.{}.jsonl", s.split.as_str()),
+            s.near_misses.len(),
         );
         match s.split {
             Split::Train => {
@@ -1195,6 +1212,8 @@ pub fn write_set(
     for s in sets {
         let file = format!("rankings.{}.jsonl", s.split.as_str());
         write(&file, write_jsonl(&staged.join(&file), &s.rankings))?;
+        let file = format!("near_misses.{}.jsonl", s.split.as_str());
+        write(&file, write_jsonl(&staged.join(&file), &s.near_misses))?;
     }
     write(
         "prompts.train.jsonl",
@@ -1495,6 +1514,62 @@ Zap 0.3                          2024-03-03                      zapctl(1)
     }
 
     #[test]
+    fn near_misses_put_the_right_answer_over_a_worse_copy_of_itself() {
+        let train = train();
+        let judge = GoldJudge::from_facts(train.questions.iter().map(|q| q.facts.clone()));
+        let mut kinds_seen: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for r in &train.near_misses {
+            let id = r.id.as_deref().unwrap();
+            let q = find(&train, id);
+            let kinds = r.kinds.as_ref().unwrap();
+            let (best, worse) = (r.ranking[0], r.ranking[1]);
+            assert_eq!(
+                (kinds[best].as_str(), &r.responses[best]),
+                ("right", &q.answer)
+            );
+            assert_eq!(r.prompt, q.prompt);
+            let miss = &r.responses[worse];
+
+            let (right, damaged) = (
+                judge.score(id, &q.answer).unwrap(),
+                judge.score(id, miss).unwrap(),
+            );
+            // Made without the judge, yet the judge never prefers the copy, and mostly
+            // scores it lower (a truncation may keep every fact; a garbled name may not be
+            // one).
+            assert!(
+                damaged <= right,
+                "{id} {}: {miss:?} {damaged} vs {right}",
+                kinds[worse]
+            );
+            let seen = kinds_seen.entry(kinds[worse].clone()).or_insert((0, 0));
+            seen.0 += 1;
+            seen.1 += usize::from(damaged < right);
+            if kinds[worse] == "truncated" {
+                assert!(q.answer.starts_with(miss.trim_end_matches('.')), "{miss:?}");
+                let words = |s: &str| s.split_whitespace().count();
+                assert!(2 * words(miss) <= words(&q.answer), "{miss:?}");
+            }
+        }
+        assert_eq!(kinds_seen.len(), 2, "{kinds_seen:?}");
+        for (kind, (made, lower)) in &kinds_seen {
+            assert!(2 * lower > *made, "{kind}: {lower} of {made} scored lower");
+        }
+        // A garbled errors answer names another page's errno in place of one of its own.
+        let r = train
+            .near_misses
+            .iter()
+            .find(|r| {
+                r.id.as_deref() == Some("man3/blorp_open.3#errors")
+                    && r.kinds.as_ref().unwrap().contains(&"garbled".to_string())
+            })
+            .unwrap();
+        let miss = &r.responses[r.ranking[1]];
+        let j = judge.judge("man3/blorp_open.3#errors", miss).unwrap();
+        assert_eq!((j.missing.len(), j.foreign.len()), (1, 1), "{miss:?}");
+    }
+
+    #[test]
     fn output_is_deterministic_and_readable() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -1539,6 +1614,9 @@ Zap 0.3                          2024-03-03                      zapctl(1)
             names,
             [
                 "facts.jsonl",
+                "near_misses.test.jsonl",
+                "near_misses.train.jsonl",
+                "near_misses.validation.jsonl",
                 "prompts.test.jsonl",
                 "prompts.train.jsonl",
                 "prompts.validation.jsonl",

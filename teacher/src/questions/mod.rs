@@ -6,11 +6,13 @@
 //! - [`page`]: the rendered page split into header, sections and tagged paragraphs.
 //! - [`generate`]: the deterministic generator and the `teacher questions` output folder.
 //! - [`judge`]: [`judge::GoldJudge`], scoring an answer against the page's facts.
+//! - [`near_miss`]: the right answer against its own truncated or garbled copy.
 //! - [`choice`]: log-likelihood multiple choice over rankings, and the flip rate of two models.
 
 pub mod choice;
 pub mod generate;
 pub mod judge;
+pub mod near_miss;
 pub mod page;
 
 use serde::{Deserialize, Serialize};
