@@ -342,7 +342,8 @@ fn sample_report(dir: &Path) -> PathBuf {
 }
 
 /// `distill report` renders the three files; `--readme` replaces the text between the markers
-/// (again on a second run, to the same text) and fails, leaving the file, without them.
+/// (again on a second run, to the same text; `--chart` links a copy of the chart) and fails,
+/// leaving the file, without them.
 #[test]
 fn report_renders_and_updates_a_readme() {
     let dir = tempfile::tempdir().unwrap();
@@ -375,6 +376,22 @@ fn report_renders_and_updates_a_readme() {
     assert!(text.contains("](run/quality_vs_size.svg)"), "{text}");
     ok(&["report", path(&report), "--readme", path(&readme)]);
     assert_eq!(std::fs::read_to_string(&readme).unwrap(), text);
+    // `--chart` copies the chart where the repository keeps it and links the copy.
+    let kept = dir.path().join("docs").join("full.svg");
+    ok(&[
+        "report",
+        path(&report),
+        "--readme",
+        path(&readme),
+        "--chart",
+        path(&kept),
+    ]);
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(run.join("quality_vs_size.svg")).unwrap()
+    );
+    let linked = std::fs::read_to_string(&readme).unwrap();
+    assert!(linked.contains("](docs/full.svg)"), "{linked}");
 
     let bare = dir.path().join("NO-MARKERS.md");
     std::fs::write(&bare, "# Nothing to replace\n").unwrap();
