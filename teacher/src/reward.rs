@@ -749,7 +749,9 @@ mod tests {
     /// reward model's reads the rankings and the near misses of each split as one set.
     #[test]
     fn the_man_page_reward_and_compare_configs_read() {
-        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        // Cargo's runtime value: the build-time one names the checkout that built the binary.
+        let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+        let configs = Path::new(&crate_dir).join("../configs");
         let c = RewardConfig::from_toml_file(&configs.join("reward-manpages.toml")).unwrap();
         c.train.validate().unwrap();
         for (files, split) in [
