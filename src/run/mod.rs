@@ -63,12 +63,13 @@ struct Model {
 }
 
 impl Model {
-    /// Becomes the model `stage` wrote (in its `model/` folder), keyed by the stage, with
-    /// `step` added to its lineage.
+    /// Becomes the model `stage` wrote (in its `model/` folder, f32 weights), keyed by the
+    /// stage, with `step` added to its lineage.
     fn made_by(&mut self, stage: &Stage, step: String) {
         self.path = stage.dir.join("model");
         self.key = stage.key.clone();
         self.lineage.push(step);
+        self.format = "f32".into();
     }
 }
 
@@ -789,7 +790,7 @@ fn write_report(
         speed,
     } in results
     {
-        keys.extend([quality.key.clone(), speed.key.clone()]);
+        keys.extend([quality.key.clone(), speed.key.clone(), m.format.clone()]);
         let config = load(&m.path, &run.device)?.config;
         report.models.push(ModelResult {
             name: m.name.clone(),
@@ -866,5 +867,32 @@ fn file_format(path: &Path) -> String {
     {
         Some(t) => format!("{t} (GGUF)"),
         None => "GGUF".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A teacher that starts as a quantized GGUF and goes through a stage is the stage's f32
+    /// model, and the report says so.
+    #[test]
+    fn a_stage_makes_an_f32_model() {
+        let mut m = Model {
+            name: "teacher".into(),
+            role: Role::Teacher,
+            path: PathBuf::from("teacher.Q4_1.gguf"),
+            key: "file".into(),
+            lineage: vec![],
+            format: "q4_1 (GGUF)".into(),
+        };
+        let stage = Stage {
+            name: "teacher/sft".into(),
+            dir: PathBuf::from("runs/x/teacher/sft"),
+            key: "k".into(),
+        };
+        m.made_by(&stage, "fine-tuned".into());
+        assert_eq!(m.format, "f32");
+        assert_eq!(m.path, Path::new("runs/x/teacher/sft/model"));
     }
 }
