@@ -353,21 +353,34 @@ pub fn update_readme(readme: &Path, report: &Report, chart: &Path) -> Result<()>
         .with_context(|| format!("cannot write {}", readme.display()))
 }
 
-/// `text` with what lies between the report markers replaced by `block`.
+/// `text` with what lies between the report markers replaced by `block`. A marker is a line
+/// that holds the marker alone: one quoted in a sentence or a table cell is not one.
 fn replace_between_markers(text: &str, block: &str) -> Result<String> {
-    let Some(begin) = text.find(README_BEGIN) else {
-        bail!("no `{README_BEGIN}` marker");
+    let Some((_, inner)) = marker_line(text, 0, README_BEGIN) else {
+        bail!("no `{README_BEGIN}` marker on a line of its own");
     };
-    let inner = begin + README_BEGIN.len();
-    let Some(end) = text[inner..].find(README_END).map(|e| inner + e) else {
-        bail!("no `{README_END}` marker after `{README_BEGIN}`");
+    let Some((end, _)) = marker_line(text, inner, README_END) else {
+        bail!("no `{README_END}` marker on a line of its own after `{README_BEGIN}`");
     };
     Ok(format!(
-        "{}\n{}\n{}",
+        "{}{}\n{}",
         &text[..inner],
         block.trim_end(),
         &text[end..]
     ))
+}
+
+/// The byte range, newline included, of the first line from `from` (a line start) on that is
+/// `marker` alone, spaces aside.
+fn marker_line(text: &str, from: usize, marker: &str) -> Option<(usize, usize)> {
+    let mut at = from;
+    for line in text[from..].split_inclusive('\n') {
+        if line.trim() == marker {
+            return Some((at, at + line.len()));
+        }
+        at += line.len();
+    }
+    None
 }
 
 /// `path` made absolute and free of `.`/`..` through the file system.
@@ -578,9 +591,18 @@ pub(crate) mod tests {
         assert_eq!(replace_between_markers(&out, "new table").unwrap(), out);
         let err = replace_between_markers("no markers", "x").unwrap_err();
         assert!(err.to_string().contains("report:begin"), "{err}");
-        let err =
-            replace_between_markers("<!-- report:end --> <!-- report:begin -->", "x").unwrap_err();
+        let err = replace_between_markers("<!-- report:end -->\n<!-- report:begin -->\n", "x")
+            .unwrap_err();
         assert!(err.to_string().contains("report:end"), "{err}");
+        // Markers quoted in a line of text (a README explaining them) are not markers.
+        let quoted = "Put `<!-- report:begin -->` and `<!-- report:end -->` around it.\n";
+        let err = replace_between_markers(quoted, "x").unwrap_err();
+        assert!(err.to_string().contains("report:begin"), "{err}");
+        let both = format!("{quoted}{text}");
+        assert_eq!(
+            replace_between_markers(&both, "new table").unwrap(),
+            format!("{quoted}{out}")
+        );
     }
 
     #[test]
