@@ -46,6 +46,14 @@ pub struct Continuation {
     pub stop_token: Option<u32>,
 }
 
+impl Continuation {
+    /// The ids as the model produced them: the new ids, then the stop token if one ended the
+    /// row (what a reward model scores, and what a policy's log-probabilities cover).
+    pub fn ids_with_stop(&self) -> Vec<u32> {
+        self.tokens.iter().copied().chain(self.stop_token).collect()
+    }
+}
+
 /// Like [`generate`], also saying which stop token ended each row (what RL rollouts score).
 pub fn generate_continuations(
     model: &LlamaForCausalLM,
@@ -180,5 +188,8 @@ mod tests {
         assert_eq!(ended[0].stop_token, Some(first));
         let ran_out = generate_continuations(&model, &[vec![3, 4]], &free, &device);
         assert_eq!((ran_out[0].tokens.len(), ran_out[0].stop_token), (6, None));
+        // The ids the model produced: the stop token after the new ids, when one ended the row.
+        assert_eq!(ended[0].ids_with_stop(), [first]);
+        assert_eq!(ran_out[0].ids_with_stop(), ran_out[0].tokens);
     }
 }

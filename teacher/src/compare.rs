@@ -26,7 +26,7 @@ use burn::prelude::*;
 use distill_model::chat::{ChatError, ChatTemplate};
 use distill_model::checkpoint::ModelDir;
 use distill_model::fsutil::{write_bytes_atomic, write_json_atomic};
-use distill_model::generate::{GenerateConfig, generate_continuations};
+use distill_model::generate::{Continuation, GenerateConfig, generate_continuations};
 use distill_model::llama::LlamaForCausalLM;
 use distill_model::sample::SamplingConfig;
 use distill_model::tokenizer::Tokenizer;
@@ -460,12 +460,7 @@ impl Context<'_> {
         for chunk in self.prompts.chunks(batch) {
             for c in generate_continuations(&m.model, chunk, &generate, self.device) {
                 finished.push(c.stop_token.is_some());
-                tokens.push(
-                    c.tokens
-                        .into_iter()
-                        .chain(c.stop_token)
-                        .collect::<Vec<u32>>(),
-                );
+                tokens.push(c.ids_with_stop());
             }
             bar.inc(chunk.len() as u64);
         }
@@ -555,10 +550,7 @@ impl Context<'_> {
                     },
                 };
                 let answers = generate_continuations(&m.model, chunk, &generate, self.device);
-                let full: Vec<Vec<u32>> = answers
-                    .iter()
-                    .map(|a| a.tokens.iter().copied().chain(a.stop_token).collect())
-                    .collect();
+                let full: Vec<Vec<u32>> = answers.iter().map(Continuation::ids_with_stop).collect();
                 if let (Some(r), Some(sum)) = (reward.as_deref_mut(), rewards.as_mut()) {
                     for (k, score) in r.score(chunk, &full).into_iter().enumerate() {
                         sum[c * batch + k] += f64::from(score);

@@ -268,12 +268,6 @@ impl From<PathBuf> for DataFiles {
     }
 }
 
-impl From<&str> for DataFiles {
-    fn from(path: &str) -> Self {
-        Self(vec![PathBuf::from(path)])
-    }
-}
-
 impl std::fmt::Display for DataFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<String> = self.0.iter().map(|p| p.display().to_string()).collect();
@@ -387,7 +381,7 @@ mod tests {
             data: DataFiles,
         }
         let one: C = toml::from_str(r#"data = "a.jsonl""#).unwrap();
-        assert_eq!(one.data, DataFiles::from("a.jsonl"));
+        assert_eq!(one.data, DataFiles::from(PathBuf::from("a.jsonl")));
         assert_eq!(
             serde_json::to_value(&one).unwrap(),
             serde_json::json!({"data": "a.jsonl"})

@@ -41,7 +41,7 @@ pub fn answers(
 ) -> Vec<Vec<u32>> {
     generate_continuations(lm, prompts, config, device)
         .into_iter()
-        .map(|c| c.tokens.into_iter().chain(c.stop_token).collect())
+        .map(|c| c.ids_with_stop())
         .collect()
 }
 
