@@ -389,6 +389,8 @@ fn check_teacher_stages(t: &TeacherSpec) -> Result<()> {
                 exists(&format!("teacher.reward.{key}"), f)?;
             }
         }
+        c.check_shares()
+            .map_err(|e| anyhow!("key `teacher.reward.train_shares`: {e}"))?;
         c.train
             .validate()
             .map_err(|e| anyhow!("key `teacher.reward.train`: {e}"))?;

@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod compare;
+mod mixture;
 pub mod ppo;
 pub mod pretrain;
 pub mod questions;

@@ -20,10 +20,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::mixture::Mixture;
 use crate::records::{self, DataFiles, RecordError};
-use crate::sft::{
-    ChatEncoder, ChatTokens, EncodeError, check_common, hold_out, ids_tensor, shuffled,
-};
+use crate::sft::{ChatEncoder, ChatTokens, EncodeError, check_common, hold_out, ids_tensor};
 
 /// Everything `teacher reward` reads, as in its TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +32,11 @@ pub struct RewardConfig {
     /// `{"prompt", "chosen", "rejected"}`, as JSON Lines: one file, or a list of files read as
     /// one set (e.g. the four-way rankings and the near misses).
     pub train_data: DataFiles,
+    /// Share of the training draws each `train_data` file gets, one number per file in its
+    /// order (normalized; e.g. `[0.6, 0.4]`). Without it every training ranking is equally
+    /// likely, so each file gets a share in proportion to its size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_shares: Option<Vec<f64>>,
     /// Validation rankings (one file or a list): the loss during training and the held-out
     /// accuracy at the end. Without them `valid_fraction` of `train_data` is held out.
     pub valid_data: Option<DataFiles>,
@@ -60,6 +64,7 @@ impl Default for RewardConfig {
     fn default() -> Self {
         Self {
             train_data: DataFiles::default(),
+            train_shares: None,
             valid_data: None,
             valid_fraction: 0.05,
             test_data: None,
@@ -76,6 +81,27 @@ impl RewardConfig {
     /// Reads a TOML file; unknown keys and bad values are errors naming the key.
     pub fn from_toml_file(path: &Path) -> Result<Self, RewardError> {
         distill_model::fsutil::read_toml(path).map_err(RewardError::Config)
+    }
+
+    /// Checks `train_shares`: one finite, non-negative number per `train_data` file, not all zero.
+    pub fn check_shares(&self) -> Result<(), String> {
+        let Some(shares) = &self.train_shares else {
+            return Ok(());
+        };
+        let files = self.train_data.iter().count();
+        if shares.len() != files {
+            return Err(format!(
+                "train_shares has {} numbers for {files} train_data files ({})",
+                shares.len(),
+                self.train_data
+            ));
+        }
+        if shares.iter().any(|s| !s.is_finite() || *s < 0.0) || shares.iter().sum::<f64>() <= 0.0 {
+            return Err(format!(
+                "train_shares {shares:?}: each must be a finite number ≥ 0, and not all 0"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -219,6 +245,8 @@ pub fn ranking_loss(rewards: Tensor<1>, groups: &[Vec<(usize, usize)>]) -> Tenso
 
 /// A ranking's answers, tokenized, with the pairs it implies.
 struct EncodedRanking {
+    /// Which file of its set it came from (0-based).
+    file: usize,
     responses: Vec<ChatTokens>,
     pairs: Vec<(usize, usize)>,
     kinds: Option<Vec<String>>,
@@ -234,8 +262,11 @@ fn encode_rankings(
     use distill_model::chat::Message;
     files
         .iter()
-        .flat_map(|(origin, rankings)| rankings.iter().enumerate().map(move |r| (origin, r)))
-        .map(|(origin, (i, r))| {
+        .enumerate()
+        .flat_map(|(file, (origin, rankings))| {
+            rankings.iter().enumerate().map(move |r| (file, origin, r))
+        })
+        .map(|(file, origin, (i, r))| {
             let responses = r
                 .responses
                 .iter()
@@ -248,6 +279,7 @@ fn encode_rankings(
                     source,
                 })?;
             Ok(EncodedRanking {
+                file,
                 responses,
                 pairs: r.pairs(),
                 kinds: r.kinds.clone(),
@@ -265,8 +297,9 @@ fn encode_rankings(
 struct RewardModeling {
     train: Vec<EncodedRanking>,
     valid: Vec<EncodedRanking>,
+    /// Which training ranking each draw takes.
+    draws: Mixture,
     batch_size: usize,
-    seed: u64,
     pad: u32,
 }
 
@@ -291,9 +324,8 @@ impl RewardModeling {
 
 impl TrainTask<RewardModel> for RewardModeling {
     fn train_loss(&mut self, model: &RewardModel, index: usize) -> Tensor<1> {
-        let n = self.train.len();
         let batch: Vec<&EncodedRanking> = (0..self.batch_size)
-            .map(|r| &self.train[shuffled(n, self.seed, index * self.batch_size + r)])
+            .map(|r| &self.train[self.draws.record(index * self.batch_size + r)])
             .collect();
         self.loss(model, &batch)
     }
@@ -582,6 +614,34 @@ pub struct RewardSummary {
     pub seconds: f64,
 }
 
+/// The order training rankings are drawn in: by `train_shares` when given (a file with a
+/// share must have rankings left for training), else uniformly over the whole set.
+fn training_draws(config: &RewardConfig, train: &[EncodedRanking]) -> Result<Mixture, RewardError> {
+    let seed = config.train.seed;
+    let Some(shares) = &config.train_shares else {
+        return Ok(Mixture::uniform(train.len(), seed));
+    };
+    let mut groups = vec![Vec::new(); shares.len()];
+    for (i, r) in train.iter().enumerate() {
+        groups[r.file].push(i);
+    }
+    let files: Vec<&PathBuf> = config.train_data.iter().collect();
+    let mut kept = (Vec::new(), Vec::new());
+    for ((group, &share), file) in groups.into_iter().zip(shares).zip(files) {
+        if group.is_empty() && share > 0.0 {
+            return Err(RewardError::Config(format!(
+                "{}: a train_shares share of {share} but no rankings left for training",
+                file.display()
+            )));
+        }
+        if share > 0.0 {
+            kept.0.push(group);
+            kept.1.push(share);
+        }
+    }
+    Ok(Mixture::new(kept.0, &kept.1, seed))
+}
+
 /// Trains a reward model on `device` (autodiff is added here).
 pub fn run(
     config: &RewardConfig,
@@ -598,6 +658,7 @@ pub fn run(
         config.max_response_tokens,
     )
     .map_err(RewardError::Config)?;
+    config.check_shares().map_err(RewardError::Config)?;
     let read = |files: &Option<DataFiles>| -> Result<_, RecordError> {
         files.as_ref().map(records::read_rankings_from).transpose()
     };
@@ -651,13 +712,14 @@ pub fn run(
         config.max_response_tokens
     );
     let train_rankings = train_set.len();
+    let draws = training_draws(config, &train_set)?;
     let pad = encoder.pad_id();
     let model = RewardModel::from_causal_lm(m.model, &m.config, config.train.seed);
     let mut task = RewardModeling {
         train: train_set,
         valid: valid_set,
+        draws,
         batch_size: config.train.batch_size,
-        seed: config.train.seed,
         pad,
     };
     let outcome = train::train(
@@ -754,6 +816,8 @@ mod tests {
         let configs = Path::new(&crate_dir).join("../configs");
         let c = RewardConfig::from_toml_file(&configs.join("reward-manpages.toml")).unwrap();
         c.train.validate().unwrap();
+        c.check_shares().unwrap();
+        assert!(c.train_shares.is_some());
         for (files, split) in [
             (Some(&c.train_data), "train"),
             (c.valid_data.as_ref(), "validation"),
@@ -777,6 +841,56 @@ mod tests {
         c.validate().unwrap();
         let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["base", "sft", "ppo"]);
+    }
+
+    /// `train_shares` names one share per file, and a file with a share must keep rankings
+    /// for training; without shares the config serializes as before (recipe stage keys).
+    #[test]
+    fn train_shares_are_checked() {
+        let mut c = RewardConfig {
+            train_data: DataFiles(vec!["a.jsonl".into(), "b.jsonl".into()]),
+            ..RewardConfig::default()
+        };
+        assert!(!serde_json::to_string(&c).unwrap().contains("train_shares"));
+        c.check_shares().unwrap();
+        for bad in [
+            vec![1.0],
+            vec![1.0, -1.0],
+            vec![0.0, 0.0],
+            vec![1.0, f64::NAN],
+        ] {
+            c.train_shares = Some(bad.clone());
+            let e = c.check_shares().unwrap_err();
+            assert!(e.contains("train_shares"), "{bad:?}: {e}");
+        }
+        c.train_shares = Some(vec![3.0, 1.0]);
+        c.check_shares().unwrap();
+        let ranking = |file| EncodedRanking {
+            file,
+            responses: Vec::new(),
+            pairs: Vec::new(),
+            kinds: None,
+            question: None,
+        };
+        // Every ranking from the first file: the second's share has nothing to draw.
+        let only_first = [ranking(0), ranking(0)];
+        let e = training_draws(&c, &only_first).err().unwrap().to_string();
+        assert!(
+            e.contains("b.jsonl") && e.contains("no rankings left"),
+            "{e}"
+        );
+        // With a zero share the empty file is fine and never drawn.
+        c.train_shares = Some(vec![1.0, 0.0]);
+        let mut draws = training_draws(&c, &only_first).unwrap();
+        assert!((0..10).all(|i| draws.record(i) < 2));
+        let mixed = [ranking(0), ranking(1), ranking(1), ranking(1)];
+        c.train_shares = Some(vec![1.0, 1.0]);
+        let mut draws = training_draws(&c, &mixed).unwrap();
+        let firsts = (0..1000).filter(|&i| draws.record(i) == 0).count();
+        assert!(
+            (400..600).contains(&firsts),
+            "{firsts} of 1000 from a.jsonl"
+        );
     }
 
     #[test]
