@@ -203,6 +203,19 @@ fn run(recipe: &Path, resume: bool) -> Output {
     c.output().expect("the distill binary runs")
 }
 
+/// `distill run RECIPE --check`'s standard output.
+fn check(recipe: &Path) -> String {
+    let out = distill()
+        .arg("run")
+        .arg(recipe)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ok(out);
+    stdout
+}
+
 fn ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "distill run failed:\n{stderr}");
@@ -501,7 +514,14 @@ fn a_killed_run_resumes_to_the_same_result() {
     let d = tmp.path();
     setup(d);
     let whole = recipe(d, "whole", 40, 1e-2, false);
+    let before = check(&whole);
+    assert!(
+        before.contains("[1/") && before.contains(": not started"),
+        "{before}"
+    );
+    assert!(!d.join("whole").exists(), "--check wrote the run folder");
     ok(run(&whole, false));
+    assert!(check(&whole).contains("every stage is done"));
 
     let killed = recipe(d, "killed", 40, 1e-2, false);
     let out = d.join("killed");
@@ -539,6 +559,12 @@ fn a_killed_run_resumes_to_the_same_result() {
         "killed mid-stage"
     );
 
+    let status = check(&killed);
+    assert!(
+        status.contains("students/s/kd: interrupted after") && status.contains(" stages after it;"),
+        "{status}"
+    );
+    assert!(status.contains("students/s/prune: done"), "{status}");
     let refused = run(&killed, false);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));

@@ -13,7 +13,9 @@ pub struct RunArgs {
     /// Continue stages that were interrupted, from their checkpoints.
     #[arg(long)]
     resume: bool,
-    /// Only read and check the recipe (keys, values, files) and count its stages; runs nothing.
+    /// Only read and check the recipe (keys, values, files) and tell where each stage stands
+    /// (done, interrupted, changed, not started) up to the first unfinished one; runs and
+    /// writes nothing.
     #[arg(long)]
     check: bool,
 }
@@ -27,6 +29,12 @@ pub fn run(args: &RunArgs, device: DeviceChoice) -> Result<()> {
             crate::run::count_stages(&loaded.recipe),
             loaded.out.display()
         );
+        if crate::run::status(&loaded, device)? {
+            println!(
+                "  every stage is done: report in {}",
+                loaded.out.join("report").display()
+            );
+        }
         return Ok(());
     }
     let started = std::time::Instant::now();

@@ -85,7 +85,21 @@ struct Runner<'a> {
     started: Instant,
     /// Each finished stage's running time, in run order.
     times: Vec<StageTime>,
+    /// Only tell where each stage stands, running none: stop at the first unfinished one.
+    status_only: bool,
 }
+
+/// The error a status walk stops with at the first stage that has not finished.
+#[derive(Debug)]
+struct Unfinished(String);
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {} has not finished", self.0)
+    }
+}
+
+impl std::error::Error for Unfinished {}
 
 impl Runner<'_> {
     fn stage(&self, name: &str, key: String) -> Stage {
@@ -103,18 +117,38 @@ impl Runner<'_> {
         work: impl FnOnce(&Path, bool) -> Result<Value>,
     ) -> Result<Value> {
         self.done += 1;
-        let state = match stage.state() {
-            stage::State::Done => "done before, skipped",
-            stage::State::Interrupted => "interrupted, continuing",
-            stage::State::Fresh => "running",
-        };
-        tracing::info!(
-            "[{}/{}] {} ({state}; {:.0}s into the run)",
-            self.done,
-            self.total,
-            stage.name,
-            self.started.elapsed().as_secs_f64()
-        );
+        let state = stage.state();
+        if self.status_only {
+            let seconds = report::markdown::duration(stage.seconds());
+            let line = match state {
+                stage::State::Done => format!("done ({seconds})"),
+                stage::State::Interrupted => {
+                    format!("interrupted after {seconds}: `--resume` continues it")
+                }
+                stage::State::Changed => {
+                    "settings or inputs changed since it ran: it runs again".into()
+                }
+                stage::State::Fresh => "not started".into(),
+            };
+            println!("  [{}/{}] {}: {line}", self.done, self.total, stage.name);
+            if state != stage::State::Done {
+                return Err(Unfinished(stage.name.clone()).into());
+            }
+        } else {
+            let state = match state {
+                stage::State::Done => "done before, skipped",
+                stage::State::Interrupted => "interrupted, continuing",
+                stage::State::Changed => "running again; settings or inputs changed",
+                stage::State::Fresh => "running",
+            };
+            tracing::info!(
+                "[{}/{}] {} ({state}; {:.0}s into the run)",
+                self.done,
+                self.total,
+                stage.name,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
         let summary = stage.run(self.policy, work)?;
         self.times.push(StageTime {
             stage: stage.name.clone(),
@@ -163,38 +197,78 @@ pub fn count_stages(r: &recipe::Recipe) -> usize {
 
 /// Runs the recipe; returns the report.
 pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> Result<Report> {
-    let r = &loaded.recipe;
-    let mut run = Runner {
-        loaded,
-        device: device_choice.open()?,
-        device_choice,
-        policy: Policy { resume },
-        hashes: FileHashes::default(),
-        done: 0,
-        times: Vec::new(),
-        total: count_stages(r),
-        started: Instant::now(),
-    };
+    let mut run = Runner::new(loaded, device_choice, resume, false)?;
     std::fs::create_dir_all(&loaded.out)
         .with_context(|| format!("cannot create {}", loaded.out.display()))?;
     let recipe_copy = loaded.out.join("recipe.toml");
     std::fs::copy(&loaded.path, &recipe_copy)
         .with_context(|| format!("cannot copy the recipe to {}", recipe_copy.display()))?;
+    walk(&mut run)
+}
 
-    let (teacher, compared) = teacher(&mut run)?;
+/// Prints where each stage stands, in run order, up to the first that has not finished
+/// (done, interrupted, changed since it ran, or not started), and how many follow it; runs
+/// nothing and writes nothing. Returns whether every stage is done.
+pub fn status(loaded: &LoadedRecipe, device_choice: DeviceChoice) -> Result<bool> {
+    let mut run = Runner::new(loaded, device_choice, false, true)?;
+    match walk(&mut run) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is::<Unfinished>() => {
+            let after = match run.total - run.done {
+                0 => "the last stage".to_string(),
+                1 => "1 stage after it".to_string(),
+                n => format!("{n} stages after it"),
+            };
+            println!(
+                "  {after}; `distill run {} --resume` continues",
+                loaded.path.display()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl<'a> Runner<'a> {
+    fn new(
+        loaded: &'a LoadedRecipe,
+        device_choice: DeviceChoice,
+        resume: bool,
+        status_only: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            loaded,
+            device: device_choice.open()?,
+            device_choice,
+            policy: Policy { resume },
+            hashes: FileHashes::default(),
+            done: 0,
+            times: Vec::new(),
+            total: count_stages(&loaded.recipe),
+            started: Instant::now(),
+            status_only,
+        })
+    }
+}
+
+/// Every stage in order: the teacher's, each student's, evaluation, benchmarks, exports and
+/// the report.
+fn walk(run: &mut Runner) -> Result<Report> {
+    let r = &run.loaded.recipe;
+    let (teacher, compared) = teacher(run)?;
     let mut models = vec![teacher.clone()];
     for i in 0..r.students.len() {
-        models.extend(student(&mut run, &teacher, i)?);
+        models.extend(student(run, &teacher, i)?);
     }
 
     let mut results = Vec::new();
     let mut teacher_choices = None;
     for m in &models {
-        let (quality, choices) = evaluate(&mut run, m, &teacher, teacher_choices.as_ref())?;
+        let (quality, choices) = evaluate(run, m, &teacher, teacher_choices.as_ref())?;
         if m.role == Role::Teacher {
             teacher_choices = choices;
         }
-        let speed = bench(&mut run, m)?;
+        let speed = bench(run, m)?;
         results.push(Measured {
             model: m,
             quality,
@@ -203,10 +277,10 @@ pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> 
     }
     for r in &results {
         if matches!(r.model.role, Role::Student | Role::Quantized) {
-            export_model(&mut run, r, &teacher)?;
+            export_model(run, r, &teacher)?;
         }
     }
-    write_report(&mut run, &results, compared)
+    write_report(run, &results, compared)
 }
 
 /// The teacher: the recipe's model, or the output of its training stages; with the comparison

@@ -101,7 +101,9 @@ pub enum State {
     Done,
     /// Started with this key, not finished.
     Interrupted,
-    /// Not started with this key (never run, or run with other settings or inputs).
+    /// Run before with other settings or inputs: its folder is cleared and it runs again.
+    Changed,
+    /// Never run: its folder does not exist.
     Fresh,
 }
 
@@ -121,6 +123,7 @@ impl Stage {
         match self.marker() {
             Some(m) if m.key == self.key && m.done => State::Done,
             Some(m) if m.key == self.key => State::Interrupted,
+            _ if self.dir.exists() => State::Changed,
             _ => State::Fresh,
         }
     }
@@ -268,10 +271,11 @@ mod tests {
                 Ok(Value::from(n))
             }
         };
+        assert_eq!(stage("a").state(), State::Fresh);
         assert_eq!(stage("a").run(go, work(1)).unwrap(), Value::from(1));
         assert_eq!(stage("a").state(), State::Done);
         assert_eq!(stage("a").run(go, work(2)).unwrap(), Value::from(1));
-        assert_eq!(stage("b").state(), State::Fresh);
+        assert_eq!(stage("b").state(), State::Changed);
         assert_eq!(stage("b").run(go, work(3)).unwrap(), Value::from(3));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("s/out")).unwrap(),
