@@ -76,7 +76,7 @@ impl Model {
 /// The run in progress: where it is and what it has hashed.
 struct Runner<'a> {
     loaded: &'a LoadedRecipe,
-    device: Device,
+    /// The device stages run on, opened by the first stage that runs.
     device_choice: DeviceChoice,
     policy: Policy,
     hashes: FileHashes,
@@ -118,38 +118,39 @@ impl Runner<'_> {
     ) -> Result<Value> {
         self.done += 1;
         let state = stage.state();
+        let (status, log) = match &state {
+            stage::State::Done { seconds, .. } => (
+                format!("done ({})", report::markdown::duration(*seconds)),
+                "done before, skipped",
+            ),
+            stage::State::Interrupted { seconds } => (
+                format!(
+                    "interrupted after {}: `--resume` continues it",
+                    report::markdown::duration(*seconds)
+                ),
+                "interrupted, continuing",
+            ),
+            stage::State::Changed => (
+                "settings or inputs changed since it ran: it runs again".into(),
+                "running again; settings or inputs changed",
+            ),
+            stage::State::Fresh => ("not started".into(), "running"),
+        };
         if self.status_only {
-            let seconds = report::markdown::duration(stage.seconds());
-            let line = match state {
-                stage::State::Done => format!("done ({seconds})"),
-                stage::State::Interrupted => {
-                    format!("interrupted after {seconds}: `--resume` continues it")
-                }
-                stage::State::Changed => {
-                    "settings or inputs changed since it ran: it runs again".into()
-                }
-                stage::State::Fresh => "not started".into(),
-            };
-            println!("  [{}/{}] {}: {line}", self.done, self.total, stage.name);
-            if state != stage::State::Done {
+            println!("  [{}/{}] {}: {status}", self.done, self.total, stage.name);
+            if !matches!(state, stage::State::Done { .. }) {
                 return Err(Unfinished(stage.name.clone()).into());
             }
         } else {
-            let state = match state {
-                stage::State::Done => "done before, skipped",
-                stage::State::Interrupted => "interrupted, continuing",
-                stage::State::Changed => "running again; settings or inputs changed",
-                stage::State::Fresh => "running",
-            };
             tracing::info!(
-                "[{}/{}] {} ({state}; {:.0}s into the run)",
+                "[{}/{}] {} ({log}; {:.0}s into the run)",
                 self.done,
                 self.total,
                 stage.name,
                 self.started.elapsed().as_secs_f64()
             );
         }
-        let summary = stage.run(self.policy, work)?;
+        let summary = stage.run(state, self.policy, work)?;
         self.times.push(StageTime {
             stage: stage.name.clone(),
             seconds: stage.seconds(),
@@ -197,7 +198,7 @@ pub fn count_stages(r: &recipe::Recipe) -> usize {
 
 /// Runs the recipe; returns the report.
 pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> Result<Report> {
-    let mut run = Runner::new(loaded, device_choice, resume, false)?;
+    let mut run = Runner::new(loaded, device_choice, resume, false);
     std::fs::create_dir_all(&loaded.out)
         .with_context(|| format!("cannot create {}", loaded.out.display()))?;
     let recipe_copy = loaded.out.join("recipe.toml");
@@ -210,7 +211,7 @@ pub fn run(loaded: &LoadedRecipe, device_choice: DeviceChoice, resume: bool) -> 
 /// (done, interrupted, changed since it ran, or not started), and how many follow it; runs
 /// nothing and writes nothing. Returns whether every stage is done.
 pub fn status(loaded: &LoadedRecipe, device_choice: DeviceChoice) -> Result<bool> {
-    let mut run = Runner::new(loaded, device_choice, false, true)?;
+    let mut run = Runner::new(loaded, device_choice, false, true);
     match walk(&mut run) {
         Ok(_) => Ok(true),
         Err(e) if e.is::<Unfinished>() => {
@@ -235,10 +236,9 @@ impl<'a> Runner<'a> {
         device_choice: DeviceChoice,
         resume: bool,
         status_only: bool,
-    ) -> Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             loaded,
-            device: device_choice.open()?,
             device_choice,
             policy: Policy { resume },
             hashes: FileHashes::default(),
@@ -247,7 +247,7 @@ impl<'a> Runner<'a> {
             total: count_stages(&loaded.recipe),
             started: Instant::now(),
             status_only,
-        })
+        }
     }
 }
 
@@ -307,9 +307,10 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             stage::key("pretrain", &config, &refs(&inputs)),
         );
         let init = m.path.clone();
-        let device = run.device.clone();
+        let device = run.device_choice;
         let mut settings = config.clone();
         run.run(&stage, |dir, resume| {
+            let device = device.open()?;
             settings.init = Some(init);
             settings.out = dir.to_path_buf();
             let s = distill_teacher::pretrain::run(&settings, &device, &run_control(resume))?;
@@ -340,8 +341,9 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             run.data_hash(&config.valid_data)?,
         ];
         let stage = run.stage("teacher/sft", stage::key("sft", &config, &refs(&inputs)));
-        let (init, device, mut settings) = (m.path.clone(), run.device.clone(), config.clone());
+        let (init, device, mut settings) = (m.path.clone(), run.device_choice, config.clone());
         run.run(&stage, |dir, resume| {
+            let device = device.open()?;
             settings.init = init;
             settings.out = dir.to_path_buf();
             let s = distill_teacher::sft::run(&settings, &device, &run_control(resume))?;
@@ -373,8 +375,9 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             "teacher/reward",
             stage::key("reward", &config, &refs(&inputs)),
         );
-        let (init, device, mut settings) = (m.path.clone(), run.device.clone(), config.clone());
+        let (init, device, mut settings) = (m.path.clone(), run.device_choice, config.clone());
         run.run(&stage, |dir, resume| {
+            let device = device.open()?;
             settings.init = init;
             settings.out = dir.to_path_buf();
             let s = distill_teacher::reward::run(&settings, &device, &run_control(resume))?;
@@ -391,8 +394,9 @@ fn teacher(run: &mut Runner) -> Result<(Model, Option<CompareReport>)> {
             run.data_hash(&config.select_prompts)?,
         ];
         let stage = run.stage("teacher/ppo", stage::key("ppo", &config, &refs(&inputs)));
-        let (policy, device, mut settings) = (m.path.clone(), run.device.clone(), config.clone());
+        let (policy, device, mut settings) = (m.path.clone(), run.device_choice, config.clone());
         let summary = run.run(&stage, |dir, resume| {
+            let device = device.open()?;
             settings.policy = policy;
             settings.reward_model = reward_model;
             settings.out = dir.to_path_buf();
@@ -450,8 +454,9 @@ fn compare_stages(
         })
         .collect();
     config.reward_model = reward.map(|(path, _)| path.clone());
-    let device = run.device.clone();
+    let device = run.device_choice;
     run.run(&stage, |dir, _| {
+        let device = device.open()?;
         config.out = dir.to_path_buf();
         let r = distill_teacher::compare::run(&config, &device)?;
         Ok(json!({ "models": r.models.len(), "prompts": r.prompts_used, "gains": r.gains }))
@@ -493,8 +498,9 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
             stage::key("prune", &config, &refs(&inputs)),
         );
         let model = teacher.path.clone();
-        let device = run.device.clone();
+        let device = run.device_choice;
         let summary = run.run(&stage, |dir, _| {
+            let device = device.open()?;
             config.model = model;
             config.out = dir.to_path_buf();
             let report = distill_student::prune::run::run(&config, &device)?;
@@ -540,8 +546,9 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
             stage::key("kd", &config, &refs(&inputs)),
         );
         let (t, s) = (teacher.path.clone(), current.path.clone());
-        let device = run.device.clone();
+        let device = run.device_choice;
         let summary = run.run(&stage, |dir, resume| {
+            let device = device.open()?;
             config.teacher = t;
             config.student = s;
             config.out = dir.to_path_buf();
@@ -577,8 +584,9 @@ fn student(run: &mut Runner, teacher: &Model, i: usize) -> Result<Vec<Model>> {
             stage::key("quantize", q, &refs(&inputs)),
         );
         let source = current.path.clone();
-        let device = run.device.clone();
+        let device = run.device_choice;
         run.run(&stage, |dir, _| {
+            let device = device.open()?;
             let line = crate::cli::quantize::quantize(&source, &dir.join("model"), q, &device)?;
             tracing::info!("{line}");
             Ok(json!({ "summary": line }))
@@ -653,8 +661,9 @@ fn evaluate(
         &format!("eval/{}", m.name),
         stage::key("eval", &spec, &refs(&inputs)),
     );
-    let device = run.device.clone();
+    let device = run.device_choice;
     let summary = run.run(&stage, |dir, _| {
+        let device = device.open()?;
         let config = EvalConfig {
             window: spec.window,
             windows: spec.windows,
@@ -804,8 +813,9 @@ fn export_model(run: &mut Runner, measured: &Measured, teacher: &Model) -> Resul
             ],
         ),
     );
-    let device = run.device.clone();
+    let device = run.device_choice;
     run.run(&stage, |dir, _| {
+        let device = device.open()?;
         let model = load(&m.path, &device)?;
         let card = export::Card {
             name: &m.name,
@@ -824,7 +834,8 @@ fn export_model(run: &mut Runner, measured: &Measured, teacher: &Model) -> Resul
     Ok(())
 }
 
-/// The report over every model.
+/// The report over every model: built and written when what it reports changed, else read
+/// back from the run folder (so `--check` loads no model).
 fn write_report(
     run: &mut Runner,
     results: &[Measured],
@@ -848,54 +859,59 @@ fn write_report(
         windows: r.eval.windows,
         data,
     };
-    let mut report = Report::new(
-        &loaded.title,
-        Machine::detect(&run.device),
-        eval,
-        serde_json::to_value(r)?,
-    );
-    let mut keys = vec![
-        serde_json::to_string(&report.settings)?,
-        report.title.clone(),
-    ];
-    for Measured {
-        model: m,
-        quality,
-        speed,
-    } in results
-    {
-        keys.extend([quality.key.clone(), speed.key.clone(), m.format.clone()]);
-        let config = load(&m.path, &run.device)?.config;
-        report.models.push(ModelResult {
-            name: m.name.clone(),
-            role: match m.role {
-                Role::Teacher => report::Role::Teacher,
-                _ => report::Role::Student,
-            },
-            path: m.path.display().to_string(),
-            format: m.format.clone(),
-            parameters: config.num_parameters() as u64,
-            bytes_on_disk: bytes_on_disk(&m.path)?,
-            speed: Some(speed.value.clone()),
-            quality: quality.value.clone(),
-        });
+    let settings = serde_json::to_value(r)?;
+    let reward = match r.teacher.reward {
+        Some(_) => reward_accuracy(&loaded.out.join("teacher/reward"))?,
+        None => None,
+    };
+    let stage_times = run.times.clone();
+    let mut keys = vec![serde_json::to_string(&settings)?, loaded.title.clone()];
+    for m in results {
+        keys.extend([
+            m.quality.key.clone(),
+            m.speed.key.clone(),
+            m.model.format.clone(),
+        ]);
     }
     if let Some(c) = &teacher_stages {
         keys.push(serde_json::to_string(c)?);
     }
-    report.teacher_stages = teacher_stages;
     if r.teacher.reward.is_some() {
-        report.reward = reward_accuracy(&loaded.out.join("teacher/reward"))?;
-        keys.push(serde_json::to_string(&report.reward)?);
+        keys.push(serde_json::to_string(&reward)?);
     }
-    report.stage_times = run.times.clone();
-    keys.push(serde_json::to_string(&report.stage_times)?);
+    keys.push(serde_json::to_string(&stage_times)?);
     let stage = run.stage("report", stage::key("report", &(), &refs(&keys)));
+    let device = run.device_choice;
     run.run(&stage, |dir, _| {
+        let device = device.open()?;
+        let mut report = Report::new(&loaded.title, Machine::detect(&device), eval, settings);
+        for Measured {
+            model: m,
+            quality,
+            speed,
+        } in results
+        {
+            report.models.push(ModelResult {
+                name: m.name.clone(),
+                role: match m.role {
+                    Role::Teacher => report::Role::Teacher,
+                    _ => report::Role::Student,
+                },
+                path: m.path.display().to_string(),
+                format: m.format.clone(),
+                parameters: load(&m.path, &device)?.config.num_parameters() as u64,
+                bytes_on_disk: bytes_on_disk(&m.path)?,
+                speed: Some(speed.value.clone()),
+                quality: quality.value.clone(),
+            });
+        }
+        report.teacher_stages = teacher_stages;
+        report.reward = reward;
+        report.stage_times = stage_times;
         report::write(&report, dir)?;
         Ok(json!({ "dir": dir.display().to_string() }))
     })?;
-    Ok(report)
+    Report::read(&stage.dir.join(report::JSON))
 }
 
 /// The reward stage's accuracy on its test rankings, else on its validation ones (`None`

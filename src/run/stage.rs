@@ -97,10 +97,10 @@ pub struct Policy {
 /// Where a stage stands before it runs.
 #[derive(Debug, PartialEq)]
 pub enum State {
-    /// Finished with this key.
-    Done,
-    /// Started with this key, not finished.
-    Interrupted,
+    /// Finished with this key, after `seconds` over all sittings, with its recorded summary.
+    Done { seconds: f64, summary: Value },
+    /// Started with this key, not finished, after `seconds` over all sittings.
+    Interrupted { seconds: f64 },
     /// Run before with other settings or inputs: its folder is cleared and it runs again.
     Changed,
     /// Never run: its folder does not exist.
@@ -121,41 +121,44 @@ impl Stage {
     /// Where this stage stands.
     pub fn state(&self) -> State {
         match self.marker() {
-            Some(m) if m.key == self.key && m.done => State::Done,
-            Some(m) if m.key == self.key => State::Interrupted,
+            Some(m) if m.key == self.key && m.done => State::Done {
+                seconds: m.seconds,
+                summary: m.summary,
+            },
+            Some(m) if m.key == self.key => State::Interrupted { seconds: m.seconds },
             _ if self.dir.exists() => State::Changed,
             _ => State::Fresh,
         }
     }
 
-    /// Runs the stage unless it finished before; returns its summary. `work` gets the folder
-    /// and whether to resume, and returns the summary to record.
+    /// Runs the stage from `state` (what [`Self::state`] told) unless it finished before;
+    /// returns its summary. `work` gets the folder and whether to resume, and returns the
+    /// summary to record.
     pub fn run(
         &self,
+        state: State,
         policy: Policy,
         work: impl FnOnce(&Path, bool) -> Result<Value>,
     ) -> Result<Value> {
-        // One read of the marker: what `state` tells, and an interrupted stage's time so far.
-        let sittings = match self.marker().filter(|m| m.key == self.key) {
-            Some(m) if m.done => return Ok(m.summary),
-            Some(_) if !policy.resume => bail!(
+        let sittings = match state {
+            State::Done { summary, .. } => return Ok(summary),
+            State::Interrupted { .. } if !policy.resume => bail!(
                 "stage {} was interrupted: continue it with --resume (or delete {} to start it over)",
                 self.name,
                 self.dir.display()
             ),
-            Some(m) => Some(m.seconds),
-            None => {
-                if self.dir.exists() {
-                    tracing::info!(
-                        "{}: settings or inputs changed, clearing {}",
-                        self.name,
-                        self.dir.display()
-                    );
-                    std::fs::remove_dir_all(&self.dir)
-                        .with_context(|| format!("cannot clear {}", self.dir.display()))?;
-                }
+            State::Interrupted { seconds } => Some(seconds),
+            State::Changed => {
+                tracing::info!(
+                    "{}: settings or inputs changed, clearing {}",
+                    self.name,
+                    self.dir.display()
+                );
+                std::fs::remove_dir_all(&self.dir)
+                    .with_context(|| format!("cannot clear {}", self.dir.display()))?;
                 None
             }
+            State::Fresh => None,
         };
         let (resume, before) = (sittings.is_some(), sittings.unwrap_or(0.0));
         self.write(&Marker {
@@ -256,6 +259,15 @@ impl Drop for Clock {
 mod tests {
     use super::*;
 
+    /// Runs `stage` from where it stands now.
+    fn run_now(
+        stage: &Stage,
+        policy: Policy,
+        work: impl FnOnce(&Path, bool) -> Result<Value>,
+    ) -> Result<Value> {
+        stage.run(stage.state(), policy, work)
+    }
+
     #[test]
     fn finished_stages_skip_changed_ones_rerun_interrupted_ones_need_resume() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,11 +284,11 @@ mod tests {
             }
         };
         assert_eq!(stage("a").state(), State::Fresh);
-        assert_eq!(stage("a").run(go, work(1)).unwrap(), Value::from(1));
-        assert_eq!(stage("a").state(), State::Done);
-        assert_eq!(stage("a").run(go, work(2)).unwrap(), Value::from(1));
+        assert_eq!(run_now(&stage("a"), go, work(1)).unwrap(), Value::from(1));
+        assert!(matches!(stage("a").state(), State::Done { .. }));
+        assert_eq!(run_now(&stage("a"), go, work(2)).unwrap(), Value::from(1));
         assert_eq!(stage("b").state(), State::Changed);
-        assert_eq!(stage("b").run(go, work(3)).unwrap(), Value::from(3));
+        assert_eq!(run_now(&stage("b"), go, work(3)).unwrap(), Value::from(3));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("s/out")).unwrap(),
             "3"
@@ -284,13 +296,14 @@ mod tests {
 
         // A stage that fails half way is interrupted: refused without --resume.
         let failing = |_: &Path, _: bool| -> Result<Value> { bail!("killed") };
-        assert!(stage("c").run(go, failing).is_err());
-        assert_eq!(stage("c").state(), State::Interrupted);
-        let e = stage("c").run(go, work(4)).unwrap_err().to_string();
+        assert!(run_now(&stage("c"), go, failing).is_err());
+        assert!(matches!(stage("c").state(), State::Interrupted { .. }));
+        let e = run_now(&stage("c"), go, work(4)).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
-        let resumed = stage("c")
-            .run(Policy { resume: true }, |_, resume| Ok(Value::from(resume)))
-            .unwrap();
+        let resumed = run_now(&stage("c"), Policy { resume: true }, |_, resume| {
+            Ok(Value::from(resume))
+        })
+        .unwrap();
         assert_eq!(resumed, Value::from(true));
     }
 
@@ -306,16 +319,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             bail!("killed")
         };
-        assert!(stage.run(Policy { resume: false }, nap).is_err());
+        assert!(run_now(&stage, Policy { resume: false }, nap).is_err());
         let first = stage.marker().unwrap();
         // Each sitting slept 0.3 s; the clock starts a moment after the work.
         assert!(!first.done && first.seconds >= 0.25, "{first:?}");
-        stage
-            .run(Policy { resume: true }, |_, _| {
-                std::thread::sleep(Duration::from_millis(300));
-                Ok(Value::Null)
-            })
-            .unwrap();
+        run_now(&stage, Policy { resume: true }, |_, _| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Value::Null)
+        })
+        .unwrap();
         let done = stage.marker().unwrap();
         assert!(
             done.done && done.seconds >= first.seconds + 0.25,
