@@ -229,6 +229,70 @@ fn selection_keeps_the_policy_with_the_best_held_out_gold_score() {
     );
 }
 
+/// With `select_samples`, each evaluation scores that many answers per held-out prompt,
+/// sampled with the same seeds at every evaluation: a policy that barely moves gives the same
+/// answers each time, while the draws for one prompt differ.
+#[test]
+fn sampled_selection_draws_the_same_seeded_samples_at_every_evaluation() {
+    let prompts = prompts();
+    let held_out = &prompts[..16];
+    let tmp = tempfile::tempdir().unwrap();
+    let config = PpoConfig {
+        steps: 2,
+        learning_rate: 1e-12,
+        gold_facts: Some("facts".into()),
+        select_prompts: Some("held-out prompts".into()),
+        select_every: 1,
+        select_samples: 3,
+        ..toy_config(tmp.path())
+    };
+    let mut seen: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut gold = |i: usize, r: &[u32]| {
+        seen.push((i, r.to_vec()));
+        chosen_share_of(i, r)
+    };
+    let mut reward = chosen_share;
+    let outcome = ppo::train(
+        &config,
+        PpoRun {
+            sft: sft(1),
+            prompts: &prompts,
+            stop_tokens: &[],
+            ptx: None,
+            reward: &mut reward,
+            gold: None,
+            select: Some(Selection {
+                prompts: held_out,
+                gold: &mut gold,
+            }),
+        },
+        &Device::flex(),
+        &quiet(),
+    )
+    .unwrap();
+    let per_evaluation = held_out.len() * config.select_samples;
+    assert_eq!(outcome.selection.len(), 3, "steps 0, 1 and 2");
+    assert_eq!(seen.len(), 3 * per_evaluation);
+    let evaluations: Vec<&[(usize, Vec<u32>)]> = seen.chunks(per_evaluation).collect();
+    assert_eq!(evaluations[0], evaluations[1]);
+    assert_eq!(evaluations[0], evaluations[2]);
+    let draws_of = |i: usize| -> Vec<&Vec<u32>> {
+        evaluations[0]
+            .iter()
+            .filter(|(p, _)| *p == i)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    assert!(
+        (0..held_out.len()).all(|i| draws_of(i).len() == config.select_samples),
+        "every prompt is answered select_samples times"
+    );
+    assert!(
+        (0..held_out.len()).any(|i| draws_of(i).windows(2).any(|w| w[0] != w[1])),
+        "the draws are sampled, not greedy"
+    );
+}
+
 /// Every tensor of a model, flattened, in module order.
 fn weights(model: &LlamaForCausalLM) -> Vec<f32> {
     distill_model::checkpoint::named_tensors(model)

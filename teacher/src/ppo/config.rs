@@ -47,8 +47,8 @@ pub struct PpoConfig {
     /// trained on); the prompts then need ids it knows. Default none (no gold column).
     pub gold_facts: Option<PathBuf>,
     /// Held-out prompts, as `prompts` and with ids `gold_facts` knows, for choosing the step
-    /// to keep: the policy answers them greedily before the first step and every
-    /// `select_every` steps, and `OUT/model` is the policy of the evaluation with the highest
+    /// to keep: the policy answers them (as `select_samples` says) before the first step and
+    /// every `select_every` steps, and `OUT/model` is the policy of the evaluation with the highest
     /// mean gold score (the earliest on a tie; step 0 is the SFT policy itself). The gold score
     /// peaks at a modest KL and then falls as the policy over-optimizes the reward model (Gao
     /// et al. 2022, arXiv:2210.10760). Default none: `OUT/model` is the last step's policy.
@@ -56,6 +56,11 @@ pub struct PpoConfig {
     /// Steps between evaluations on `select_prompts` (the last step is always evaluated).
     /// Default 10.
     pub select_every: usize,
+    /// How the policy answers `select_prompts`: 0 greedily; n > 0 with n answers per prompt
+    /// sampled at temperature 1, as rollouts are (PPO raises the reward of sampled answers,
+    /// which greedy ones need not share), with the same seeds at every evaluation. Default 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub select_samples: usize,
     /// Output folder: `model/`, `checkpoints/`, `ppo_log.csv`, `ppo_log.svg`, and with
     /// `select_prompts` `select_log.csv`. Default `runs/ppo`.
     pub out: PathBuf,
@@ -104,6 +109,12 @@ pub struct PpoConfig {
     pub seed: u64,
 }
 
+/// Whether `n` is 0 (a key left at that default is not written, so recipes' stage keys stay
+/// as they were before the key existed).
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Default for PpoConfig {
     fn default() -> Self {
         Self {
@@ -113,6 +124,7 @@ impl Default for PpoConfig {
             gold_facts: None,
             select_prompts: None,
             select_every: 10,
+            select_samples: 0,
             out: PathBuf::from("runs/ppo"),
             steps: 40,
             batch_size: 8,

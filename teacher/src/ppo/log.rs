@@ -74,7 +74,8 @@ pub fn write_csv(path: &Path, rows: &[PpoLogRow]) -> std::io::Result<()> {
 }
 
 /// One evaluation of the policy on the held-out selection prompts
-/// ([`PpoConfig::select_prompts`](super::PpoConfig::select_prompts)): greedy answers.
+/// ([`PpoConfig::select_prompts`](super::PpoConfig::select_prompts)): the means over its
+/// answers, greedy or sampled ([`PpoConfig::select_samples`](super::PpoConfig::select_samples)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelectRow {
     /// Steps done when evaluated; 0 is the SFT policy.

@@ -46,8 +46,8 @@ pub struct PpoRun<'a> {
     pub select: Option<Selection<'a>>,
 }
 
-/// Held-out prompts on which the policy answers greedily, to choose the step whose policy
-/// becomes `OUT/model` ([`PpoConfig::select_prompts`]).
+/// Held-out prompts on which the policy answers (greedily or sampled, as
+/// [`PpoConfig::select_samples`] says), to choose the step whose policy becomes `OUT/model` ([`PpoConfig::select_prompts`]).
 pub struct Selection<'a> {
     /// Prompt token ids (none empty), as the policy sees them.
     pub prompts: &'a [Vec<u32>],
@@ -371,8 +371,9 @@ fn selected_dir(select_dir: &std::path::Path, step: usize) -> PathBuf {
     select_dir.join(format!("step-{step:06}"))
 }
 
-/// The policy's greedy answers to the selection prompts, scored by the gold judge and the
-/// reward, at `step` steps done.
+/// The policy's answers to the selection prompts (greedy, or `config.select_samples` sampled
+/// ones each, seeded alike at every evaluation), scored by the gold judge and the reward, at
+/// `step` steps done.
 fn evaluate_selection(
     config: &PpoConfig,
     lm: &LlamaForCausalLM,
@@ -382,23 +383,35 @@ fn evaluate_selection(
     step: usize,
     device: &Device,
 ) -> Result<SelectRow, PpoError> {
-    let generate = GenerateConfig {
-        max_new_tokens: config.max_new_tokens,
-        stop_tokens: stop_tokens.to_vec(),
-        sampling: SamplingConfig::default(),
-    };
+    let draws = config.select_samples.max(1);
     let (mut gold, mut score, mut length) = (0.0, 0.0, 0);
-    for (c, prompts) in select.prompts.chunks(config.batch_size).enumerate() {
-        let responses = answers(lm, prompts, &generate, device);
-        for s in checked_scores(reward, prompts, &responses, step)? {
-            score += f64::from(s);
-        }
-        for (i, r) in responses.iter().enumerate() {
-            gold += select.gold.score(c * config.batch_size + i, r);
-            length += r.len();
+    for draw in 0..draws {
+        for (c, prompts) in select.prompts.chunks(config.batch_size).enumerate() {
+            let sampling = match config.select_samples {
+                0 => SamplingConfig::default(),
+                _ => SamplingConfig {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: stream_seed(config.seed, 4, draw, c),
+                },
+            };
+            let generate = GenerateConfig {
+                max_new_tokens: config.max_new_tokens,
+                stop_tokens: stop_tokens.to_vec(),
+                sampling,
+            };
+            let responses = answers(lm, prompts, &generate, device);
+            for s in checked_scores(reward, prompts, &responses, step)? {
+                score += f64::from(s);
+            }
+            for (i, r) in responses.iter().enumerate() {
+                gold += select.gold.score(c * config.batch_size + i, r);
+                length += r.len();
+            }
         }
     }
-    let n = select.prompts.len().max(1) as f64;
+    let n = (select.prompts.len() * draws).max(1) as f64;
     Ok(SelectRow {
         step,
         gold: gold / n,
