@@ -609,6 +609,18 @@ fn compare_scores_each_stage_with_paired_intervals() {
         (c.sampled_gold, c.sampled_reward, c.sampled_tokens)
     );
     assert!(s.sampled_gold.is_some() && s.sampled_reward.is_some());
+    // The reward's agreement with gold on pairs of sampled answers is counted for every model
+    // (here over the prompts whose two answers the judge tells apart, if any).
+    assert_eq!(
+        (s.sampled_agreement, s.sampled_agreement_prompts),
+        (c.sampled_agreement, c.sampled_agreement_prompts)
+    );
+    assert!(
+        report
+            .models
+            .iter()
+            .all(|m| m.sampled_agreement_prompts.is_some())
+    );
     assert!(s.sampled_tokens.unwrap() > 0.0);
     // Sampled at temperature 1, the answers differ from the greedy ones somewhere.
     assert!(

@@ -12,7 +12,9 @@
 //!
 //! With `samples`, each model also answers every prompt that many times at temperature 1, as
 //! PPO samples: PPO maximizes the expected reward of such answers, which greedy decoding does
-//! not measure. A prompt's sampled scores are averaged before the bootstrap.
+//! not measure. A prompt's sampled scores are averaged before the bootstrap. With two or more
+//! samples and a reward model, it also measures how well the reward model can guide PPO: how
+//! often it orders two sampled answers to one prompt as the gold judge does.
 
 use crate::bootstrap::{Interval, mean_interval, paired_difference};
 use crate::ppo::policy::response_log_dist;
@@ -210,6 +212,14 @@ pub struct ModelScores {
     /// Mean sampled answer length in tokens (with `samples`).
     #[serde(default)]
     pub sampled_tokens: Option<f64>,
+    /// Per prompt, the fraction of pairs of its sampled answers with different gold scores
+    /// that the reward model orders as the gold judge does (a reward tie counts half); over
+    /// the prompts with such a pair (with `samples` ≥ 2 and a reward model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_agreement: Option<Interval>,
+    /// Prompts with a pair of sampled answers the gold judge tells apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_agreement_prompts: Option<usize>,
 }
 
 /// The gain of `to` over `from` in one metric, paired over the same prompts or questions.
@@ -303,6 +313,8 @@ struct Measured {
 struct Sampled {
     gold: Vec<f64>,
     reward: Option<Vec<f64>>,
+    /// [`reward_gold_agreement`] of each prompt that has a pair the gold judge tells apart.
+    agreement: Option<Vec<f64>>,
     /// Mean answer length over every sampled answer, tokens.
     tokens: f64,
 }
@@ -536,6 +548,8 @@ impl Context<'_> {
         bar.set_message(format!("{name}: sampled answers"));
         let mut gold = vec![0.0; n];
         let mut rewards = reward.as_ref().map(|_| vec![0.0; n]);
+        // Every sampled answer's (gold, reward), per prompt.
+        let mut scored: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
         let mut tokens = 0;
         for sample in 0..config.samples {
             for (c, chunk) in self.prompts.chunks(batch).enumerate() {
@@ -551,15 +565,24 @@ impl Context<'_> {
                 };
                 let answers = generate_continuations(&m.model, chunk, &generate, self.device);
                 let full: Vec<Vec<u32>> = answers.iter().map(Continuation::ids_with_stop).collect();
-                if let (Some(r), Some(sum)) = (reward.as_deref_mut(), rewards.as_mut()) {
-                    for (k, score) in r.score(chunk, &full).into_iter().enumerate() {
-                        sum[c * batch + k] += f64::from(score);
+                let scores = match (reward.as_deref_mut(), rewards.as_mut()) {
+                    (Some(r), Some(sum)) => {
+                        let scores = r.score(chunk, &full);
+                        for (k, &score) in scores.iter().enumerate() {
+                            sum[c * batch + k] += f64::from(score);
+                        }
+                        Some(scores)
                     }
-                }
+                    _ => None,
+                };
                 for (k, a) in answers.iter().enumerate() {
                     let i = c * batch + k;
                     let text = self.tokenizer.decode(&a.tokens).unwrap_or_default();
-                    gold[i] += self.judge.score(&self.ids[i], &text)?;
+                    let g = self.judge.score(&self.ids[i], &text)?;
+                    gold[i] += g;
+                    if let Some(scores) = &scores {
+                        scored[i].push((g, f64::from(scores[k])));
+                    }
                     tokens += full[k].len();
                 }
                 bar.inc(chunk.len() as u64);
@@ -568,9 +591,16 @@ impl Context<'_> {
         bar.finish_and_clear();
         let per = config.samples as f64;
         let mean = |v: Vec<f64>| v.into_iter().map(|x| x / per).collect::<Vec<f64>>();
+        let agreement = rewards.is_some().then(|| {
+            scored
+                .iter()
+                .filter_map(|s| reward_gold_agreement(s))
+                .collect()
+        });
         Ok(Sampled {
             gold: mean(gold),
             reward: rewards.map(mean),
+            agreement,
             tokens: tokens as f64 / (n as f64 * per),
         })
     }
@@ -644,6 +674,12 @@ fn summarize(
                 sampled_gold: interval(m.sampled.as_ref().map(|s| s.gold.clone())),
                 sampled_reward: interval(m.sampled.as_ref().and_then(|s| s.reward.clone())),
                 sampled_tokens: m.sampled.as_ref().map(|s| s.tokens),
+                sampled_agreement: interval(m.sampled.as_ref().and_then(|s| s.agreement.clone()))
+                    .filter(|i| !i.estimate.is_nan()),
+                sampled_agreement_prompts: m
+                    .sampled
+                    .as_ref()
+                    .and_then(|s| s.agreement.as_ref().map(Vec::len)),
             }
         })
         .collect();
@@ -750,6 +786,27 @@ fn write_outputs(
     Ok(())
 }
 
+/// Of the pairs of `(gold, reward)` scored answers to one prompt whose gold scores differ, the
+/// fraction the reward orders the same way (a reward tie counts half); `None` without such a
+/// pair. 0.5 is a reward that cannot tell the better answer, 1.0 one that always can.
+pub fn reward_gold_agreement(scored: &[(f64, f64)]) -> Option<f64> {
+    let (mut pairs, mut agree) = (0usize, 0.0);
+    for (i, &(gold_i, reward_i)) in scored.iter().enumerate() {
+        for &(gold_j, reward_j) in &scored[i + 1..] {
+            if gold_i == gold_j {
+                continue;
+            }
+            pairs += 1;
+            agree += match (gold_i - gold_j) * (reward_i - reward_j) {
+                x if x > 0.0 => 1.0,
+                x if x < 0.0 => 0.0,
+                _ => 0.5,
+            };
+        }
+    }
+    (pairs > 0).then(|| agree / pairs as f64)
+}
+
 /// `0.123 [0.101, 0.145]`.
 fn show(i: &Interval) -> String {
     format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
@@ -810,13 +867,18 @@ impl CompareReport {
             );
             let _ = writeln!(
                 s,
-                "| model | sampled gold score | sampled reward | answer tokens |"
+                "| model | sampled gold score | sampled reward | answer tokens | reward orders \
+                 sampled pairs as gold does (prompts) |"
             );
-            let _ = writeln!(s, "|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|");
             for m in &self.models {
+                let agreement = match (&m.sampled_agreement, m.sampled_agreement_prompts) {
+                    (Some(a), Some(n)) => format!("{} ({n})", show(a)),
+                    _ => "–".to_string(),
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:.1} |",
+                    "| {} | {} | {} | {:.1} | {agreement} |",
                     m.name,
                     show_opt(&m.sampled_gold),
                     show_opt(&m.sampled_reward),
@@ -856,5 +918,22 @@ impl CompareReport {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reward_gold_agreement;
+
+    #[test]
+    fn agreement_counts_the_pairs_gold_tells_apart() {
+        // Of the two pairs gold tells apart, the reward orders one as gold does (5 > 3; not
+        // 5 > 9); the gold tie is skipped.
+        let scored = [(1.0, 5.0), (0.5, 3.0), (0.5, 9.0)];
+        assert_eq!(reward_gold_agreement(&scored), Some(0.5));
+        assert_eq!(reward_gold_agreement(&[(0.0, 1.0), (1.0, 2.0)]), Some(1.0));
+        assert_eq!(reward_gold_agreement(&[(0.0, 2.0), (1.0, 2.0)]), Some(0.5));
+        assert_eq!(reward_gold_agreement(&[(0.3, 1.0), (0.3, 2.0)]), None);
+        assert_eq!(reward_gold_agreement(&[(0.3, 1.0)]), None);
     }
 }
