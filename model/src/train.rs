@@ -626,6 +626,37 @@ mod tests {
         .map(|e| e.to_string())
     }
 
+    /// The global norm of a gradient larger than burn-flex's parallel-sum threshold (4M
+    /// elements) is the same on every call, and matches a float64 sum.
+    #[test]
+    fn the_global_norm_of_a_large_gradient_is_reproducible() {
+        let device = Device::flex().autodiff();
+        let n = 5 * 1024 * 1024 + 3;
+        let c: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 10007) as f32 / 10007.0 - 0.5)
+            .collect();
+        let model = Constant {
+            w: Param::from_tensor(Tensor::<1>::zeros([n], &device)),
+        };
+        let weights = Tensor::<1>::from_floats(c.as_slice(), &device);
+        let grads = (model.w.val() * weights).sum().backward();
+        let mut grads = GradientsParams::from_grads(grads, &model);
+        let norms: Vec<f64> = (0..40)
+            .map(|_| clip_global_norm(&model, &mut grads, 0.0))
+            .collect();
+        assert!(norms.iter().all(|&x| x == norms[0]), "{norms:?}");
+        let want = c
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (norms[0] - want).abs() < 1e-5 * want,
+            "{} vs {want}",
+            norms[0]
+        );
+    }
+
     #[test]
     fn a_spike_below_the_first_loss_is_not_divergence() {
         // A ranking loss falling from ln 2 toward 0: 0.3 is 4.6× the running mean of about
