@@ -10,7 +10,9 @@ use distill_model::tokenizer::{ENDOFTEXT, Tokenizer};
 use distill_model::train::TrainControl;
 use distill_model::{LlamaConfig, LlamaForCausalLM};
 use distill_teacher::ppo::log::PpoLogRow;
-use distill_teacher::ppo::{self, LoraConfig, PpoConfig, PpoRun, PtxConfig, Selection};
+use distill_teacher::ppo::{
+    self, GoldFn, LoraConfig, PpoConfig, PpoOutcome, PpoRun, PtxConfig, Selection,
+};
 use distill_teacher::reward::{self, RewardDir, RewardModel};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -90,27 +92,38 @@ fn mean(rows: &[PpoLogRow], get: fn(&PpoLogRow) -> f64) -> f64 {
     rows.iter().map(get).sum::<f64>() / rows.len() as f64
 }
 
-#[test]
-fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = toy_config(tmp.path());
-    let prompts = prompts();
+/// PPO from the toy SFT model (seed 1) on `prompts` against the toy reward, with `select`'s
+/// held-out prompts and gold score choosing the step to keep.
+fn train_toy(
+    config: &PpoConfig,
+    prompts: &[Vec<u32>],
+    select: Option<(&[Vec<u32>], &mut dyn GoldFn)>,
+    control: &TrainControl,
+) -> PpoOutcome {
     let mut reward = chosen_share;
-    let outcome = ppo::train(
-        &config,
+    let select = select.map(|(prompts, gold)| Selection { prompts, gold });
+    ppo::train(
+        config,
         PpoRun {
             sft: sft(1),
-            prompts: &prompts,
+            prompts,
             stop_tokens: &[],
             ptx: None,
             reward: &mut reward,
             gold: None,
-            select: None,
+            select,
         },
         &Device::flex(),
-        &quiet(),
+        control,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = toy_config(tmp.path());
+    let outcome = train_toy(&config, &prompts(), None, &quiet());
     let h = &outcome.history;
     for r in h {
         println!(
@@ -157,26 +170,13 @@ fn selection_keeps_the_policy_with_the_best_held_out_gold_score() {
             select_every: 8,
             ..toy_config(out)
         };
-        let mut reward = chosen_share;
         let mut gold = gold;
-        ppo::train(
+        train_toy(
             &config,
-            PpoRun {
-                sft: sft(1),
-                prompts: &prompts,
-                stop_tokens: &[],
-                ptx: None,
-                reward: &mut reward,
-                gold: None,
-                select: Some(Selection {
-                    prompts: &prompts[..16],
-                    gold: &mut gold,
-                }),
-            },
-            &Device::flex(),
+            &prompts,
+            Some((&prompts[..16], &mut gold)),
             &control,
         )
-        .unwrap()
     };
     let run = |out: &Path, gold: &mut dyn FnMut(usize, &[u32]) -> f64| run_with(out, gold, quiet());
     let tmp = tempfile::tempdir().unwrap();
@@ -251,25 +251,7 @@ fn sampled_selection_draws_the_same_seeded_samples_at_every_evaluation() {
         seen.push((i, r.to_vec()));
         chosen_share_of(i, r)
     };
-    let mut reward = chosen_share;
-    let outcome = ppo::train(
-        &config,
-        PpoRun {
-            sft: sft(1),
-            prompts: &prompts,
-            stop_tokens: &[],
-            ptx: None,
-            reward: &mut reward,
-            gold: None,
-            select: Some(Selection {
-                prompts: held_out,
-                gold: &mut gold,
-            }),
-        },
-        &Device::flex(),
-        &quiet(),
-    )
-    .unwrap();
+    let outcome = train_toy(&config, &prompts, Some((held_out, &mut gold)), &quiet());
     let per_evaluation = held_out.len() * config.select_samples;
     assert_eq!(outcome.selection.len(), 3, "steps 0, 1 and 2");
     assert_eq!(seen.len(), 3 * per_evaluation);
