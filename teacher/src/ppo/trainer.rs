@@ -47,7 +47,8 @@ pub struct PpoRun<'a> {
 }
 
 /// Held-out prompts on which the policy answers (greedily or sampled, as
-/// [`PpoConfig::select_samples`] says), to choose the step whose policy becomes `OUT/model` ([`PpoConfig::select_prompts`]).
+/// [`PpoConfig::select_samples`] says), to choose the step whose policy becomes `OUT/model`
+/// ([`PpoConfig::select_prompts`]).
 pub struct Selection<'a> {
     /// Prompt token ids (none empty), as the policy sees them.
     pub prompts: &'a [Vec<u32>],
@@ -383,25 +384,26 @@ fn evaluate_selection(
     step: usize,
     device: &Device,
 ) -> Result<SelectRow, PpoError> {
+    let greedy = GenerateConfig {
+        max_new_tokens: config.max_new_tokens,
+        stop_tokens: stop_tokens.to_vec(),
+        sampling: SamplingConfig::default(),
+    };
     let draws = config.select_samples.max(1);
     let (mut gold, mut score, mut length) = (0.0, 0.0, 0);
     for draw in 0..draws {
         for (c, prompts) in select.prompts.chunks(config.batch_size).enumerate() {
-            let sampling = match config.select_samples {
-                0 => SamplingConfig::default(),
-                _ => SamplingConfig {
-                    temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    seed: stream_seed(config.seed, 4, draw, c),
-                },
+            let responses = match config.select_samples {
+                0 => answers(lm, prompts, &greedy, device),
+                _ => sample_responses(
+                    lm,
+                    prompts,
+                    config.max_new_tokens,
+                    stop_tokens,
+                    stream_seed(config.seed, 4, draw, c),
+                    device,
+                ),
             };
-            let generate = GenerateConfig {
-                max_new_tokens: config.max_new_tokens,
-                stop_tokens: stop_tokens.to_vec(),
-                sampling,
-            };
-            let responses = answers(lm, prompts, &generate, device);
             for s in checked_scores(reward, prompts, &responses, step)? {
                 score += f64::from(s);
             }
