@@ -604,6 +604,34 @@ fn compare_scores_each_stage_with_paired_intervals() {
             .all(|m| m.sampled_agreement_prompts.is_some())
     );
     assert!(s.sampled_tokens.unwrap() > 0.0);
+    // samples.jsonl holds every sampled answer (3 models × 5 prompts × 2 samples), scored;
+    // each model's best-of-2 is the gold of the answer with the higher reward, and its gain
+    // is paired with the mean sampled gold.
+    let sampled: Vec<compare::Answer> =
+        std::fs::read_to_string(tmp.path().join("compare/samples.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(sampled.len(), 30);
+    for m in &report.models {
+        let mine: Vec<&compare::Answer> = sampled.iter().filter(|a| a.model == m.name).collect();
+        let best: f64 = (0..5)
+            .map(|i| {
+                let pair: Vec<(f64, f64)> = [mine[i], mine[5 + i]]
+                    .iter()
+                    .map(|a| (a.gold, a.reward.unwrap()))
+                    .collect();
+                compare::best_by_reward(&pair)
+            })
+            .sum::<f64>()
+            / 5.0;
+        let mean = mine.iter().map(|a| a.gold).sum::<f64>() / 10.0;
+        let (b, g) = (m.best_of_n_gold.unwrap(), m.best_of_n_gain.unwrap());
+        assert!((b.estimate - best).abs() < 1e-12, "{b:?} vs {best}");
+        assert!((g.estimate - (best - mean)).abs() < 1e-12, "{g:?}");
+        assert!((m.sampled_gold.unwrap().estimate - mean).abs() < 1e-12);
+    }
     // Sampled at temperature 1, the answers differ from the greedy ones somewhere.
     assert!(
         report

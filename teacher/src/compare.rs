@@ -14,7 +14,9 @@
 //! PPO samples: PPO maximizes the expected reward of such answers, which greedy decoding does
 //! not measure. A prompt's sampled scores are averaged before the bootstrap. With two or more
 //! samples and a reward model, it also measures how well the reward model can guide PPO: how
-//! often it orders two sampled answers to one prompt as the gold judge does.
+//! often it orders two sampled answers to one prompt as the gold judge does, and what the reward
+//! model buys without training: the gold score of the sampled answer it ranks first (best-of-n,
+//! a policy within log n − (n−1)/n nats of the model), against the mean sampled answer.
 
 use crate::bootstrap::{Interval, mean_interval, paired_difference};
 use crate::ppo::policy::response_log_dist;
@@ -220,6 +222,14 @@ pub struct ModelScores {
     /// Prompts with a pair of sampled answers the gold judge tells apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled_agreement_prompts: Option<usize>,
+    /// Gold score of the sampled answer the reward model ranks first (best-of-n; tied answers
+    /// averaged), with `samples` ≥ 2 and a reward model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_n_gold: Option<Interval>,
+    /// `best_of_n_gold` minus the mean sampled gold score, paired over the prompts: what
+    /// choosing by the reward model gains on the gold judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_n_gain: Option<Interval>,
 }
 
 /// The gain of `to` over `from` in one metric, paired over the same prompts or questions.
@@ -315,6 +325,10 @@ struct Sampled {
     reward: Option<Vec<f64>>,
     /// [`reward_gold_agreement`] of each prompt that has a pair the gold judge tells apart.
     agreement: Option<Vec<f64>>,
+    /// Per prompt, [`best_by_reward`] of its sampled answers.
+    best: Option<Vec<f64>>,
+    /// Every sampled answer, sample by sample.
+    answers: Vec<Answer>,
     /// Mean answer length over every sampled answer, tokens.
     tokens: f64,
 }
@@ -551,6 +565,7 @@ impl Context<'_> {
         // Every sampled answer's (gold, reward), per prompt.
         let mut scored: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
         let mut tokens = 0;
+        let mut sampled = Vec::with_capacity(n * config.samples);
         for sample in 0..config.samples {
             for (c, chunk) in self.prompts.chunks(batch).enumerate() {
                 let generate = GenerateConfig {
@@ -584,6 +599,15 @@ impl Context<'_> {
                         scored[i].push((g, f64::from(scores[k])));
                     }
                     tokens += full[k].len();
+                    sampled.push(Answer {
+                        id: self.ids[i].clone(),
+                        model: name.to_string(),
+                        answer: text,
+                        tokens: full[k].clone(),
+                        gold: g,
+                        reward: scores.as_ref().map(|s| f64::from(s[k])),
+                        kl: None,
+                    });
                 }
                 bar.inc(chunk.len() as u64);
             }
@@ -597,10 +621,14 @@ impl Context<'_> {
                 .filter_map(|s| reward_gold_agreement(s))
                 .collect()
         });
+        let best = (rewards.is_some() && config.samples >= 2)
+            .then(|| scored.iter().map(|s| best_by_reward(s)).collect());
         Ok(Sampled {
             gold: mean(gold),
             reward: rewards.map(mean),
             agreement,
+            best,
+            answers: sampled,
             tokens: tokens as f64 / (n as f64 * per),
         })
     }
@@ -680,6 +708,11 @@ fn summarize(
                     .sampled
                     .as_ref()
                     .and_then(|s| s.agreement.as_ref().map(Vec::len)),
+                best_of_n_gold: interval(m.sampled.as_ref().and_then(|s| s.best.clone())),
+                best_of_n_gain: m.sampled.as_ref().and_then(|s| {
+                    let best = s.best.as_ref()?;
+                    Some(paired_difference(&s.gold, best, samples, LEVEL, seed))
+                }),
             }
         })
         .collect();
@@ -763,7 +796,8 @@ fn summarize(
     }
 }
 
-/// `compare.json`, `compare.md` and `answers.jsonl` (every answer) in `config.out`.
+/// `compare.json`, `compare.md`, `answers.jsonl` (every greedy answer) and, with `samples`,
+/// `samples.jsonl` (every sampled answer) in `config.out`.
 fn write_outputs(
     config: &CompareConfig,
     report: &CompareReport,
@@ -776,13 +810,26 @@ fn write_outputs(
     write_json_atomic(&json, &value).map_err(io(json.clone()))?;
     let md = config.out.join("compare.md");
     write_bytes_atomic(&md, report.markdown().as_bytes()).map_err(io(md.clone()))?;
-    let mut lines = String::new();
-    for a in measured.iter().flat_map(|m| &m.answers) {
-        lines.push_str(&serde_json::to_string(a).expect("answer serializes"));
-        lines.push('\n');
-    }
+    let jsonl = |answers: &mut dyn Iterator<Item = &Answer>| {
+        let mut lines = String::new();
+        for a in answers {
+            lines.push_str(&serde_json::to_string(a).expect("answer serializes"));
+            lines.push('\n');
+        }
+        lines
+    };
     let answers = config.out.join("answers.jsonl");
-    write_bytes_atomic(&answers, lines.as_bytes()).map_err(io(answers.clone()))?;
+    let greedy = jsonl(&mut measured.iter().flat_map(|m| &m.answers));
+    write_bytes_atomic(&answers, greedy.as_bytes()).map_err(io(answers.clone()))?;
+    if config.samples > 0 {
+        let path = config.out.join("samples.jsonl");
+        let sampled = jsonl(
+            &mut measured
+                .iter()
+                .flat_map(|m| m.sampled.iter().flat_map(|s| &s.answers)),
+        );
+        write_bytes_atomic(&path, sampled.as_bytes()).map_err(io(path.clone()))?;
+    }
     Ok(())
 }
 
@@ -805,6 +852,21 @@ pub fn reward_gold_agreement(scored: &[(f64, f64)]) -> Option<f64> {
         }
     }
     (pairs > 0).then(|| agree / pairs as f64)
+}
+
+/// The gold score of the answer with the highest reward among `(gold, reward)` scored answers
+/// to one prompt; answers tied for it are averaged. NaN without answers.
+pub fn best_by_reward(scored: &[(f64, f64)]) -> f64 {
+    let top = scored
+        .iter()
+        .map(|&(_, reward)| reward)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let tied: Vec<f64> = scored
+        .iter()
+        .filter(|&&(_, reward)| reward == top)
+        .map(|&(gold, _)| gold)
+        .collect();
+    tied.iter().sum::<f64>() / tied.len() as f64
 }
 
 /// `0.123 [0.101, 0.145]`.
@@ -868,21 +930,36 @@ impl CompareReport {
             let _ = writeln!(
                 s,
                 "| model | sampled gold score | sampled reward | answer tokens | reward orders \
-                 sampled pairs as gold does (prompts) |"
+                 sampled pairs as gold does (prompts) | gold of the reward's pick (best-of-{n}) \
+                 | its gain over the mean |",
+                n = self.samples
             );
-            let _ = writeln!(s, "|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
             for m in &self.models {
                 let agreement = match (&m.sampled_agreement, m.sampled_agreement_prompts) {
                     (Some(a), Some(n)) => format!("{} ({n})", show(a)),
                     _ => "–".to_string(),
                 };
+                let gain = m.best_of_n_gain.as_ref().map_or_else(
+                    || "–".to_string(),
+                    |g| {
+                        format!(
+                            "{:+.3} [{:+.3}, {:+.3}]{}",
+                            g.estimate,
+                            g.low,
+                            g.high,
+                            if g.above_zero() { " ✓" } else { "" }
+                        )
+                    },
+                );
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:.1} | {agreement} |",
+                    "| {} | {} | {} | {:.1} | {agreement} | {} | {gain} |",
                     m.name,
                     show_opt(&m.sampled_gold),
                     show_opt(&m.sampled_reward),
-                    m.sampled_tokens.unwrap_or(f64::NAN)
+                    m.sampled_tokens.unwrap_or(f64::NAN),
+                    show_opt(&m.best_of_n_gold),
                 );
             }
         }
@@ -923,7 +1000,14 @@ impl CompareReport {
 
 #[cfg(test)]
 mod tests {
-    use super::reward_gold_agreement;
+    use super::{best_by_reward, reward_gold_agreement};
+
+    #[test]
+    fn best_of_n_takes_the_gold_of_the_highest_reward_and_averages_ties() {
+        assert_eq!(best_by_reward(&[(0.2, 1.0), (0.9, 3.0), (0.5, 2.0)]), 0.9);
+        assert_eq!(best_by_reward(&[(0.2, 3.0), (0.6, 3.0), (1.0, -1.0)]), 0.4);
+        assert!(best_by_reward(&[]).is_nan());
+    }
 
     #[test]
     fn agreement_counts_the_pairs_gold_tells_apart() {
