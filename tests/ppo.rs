@@ -701,3 +701,119 @@ fn compare_scores_each_stage_with_paired_intervals() {
     assert_eq!(report.examples.len(), 2);
     assert_eq!(report.examples[0].answers.len(), 3);
 }
+
+#[test]
+fn sampled_answers_are_ranked_by_reference_f1_and_a_resumed_run_reuses_its_chunks() {
+    use distill_teacher::records::Ranking;
+    use distill_teacher::sample_rankings::{self, SampleRankingsConfig, reference_f1};
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_policy_and_reward(tmp.path());
+    let pages = ["ls", "cat", "grep", "find", "sort"];
+    let write = |name: &str, line: &dyn Fn(&str) -> String| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, pages.map(line).join("\n")).unwrap();
+        path
+    };
+    let prompts = write("prompts.jsonl", &|c| {
+        format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#)
+    });
+    let references = write("rankings.jsonl", &|c| {
+        format!(
+            r#"{{"id":"{c}#name","prompt":"What does `{c}` do?","responses":["the war","{c}: use ls to list files. cat prints a file. grep finds lines."],"ranking":[1,0]}}"#
+        )
+    });
+    let config = SampleRankingsConfig {
+        policy: tmp.path().join("sft"),
+        prompts,
+        references,
+        samples: 4,
+        max_new_tokens: 12,
+        batch_size: 2,
+        seed: 3,
+        out: tmp.path().join("sampled.jsonl"),
+        ..SampleRankingsConfig::default()
+    };
+    let device = Device::flex();
+    let summary = sample_rankings::run(&config, &device).unwrap();
+    assert_eq!((summary.prompts, summary.resumed_chunks), (5, 0));
+    assert!(!config.partial().exists());
+    let read = || -> Vec<Ranking> { distill_teacher::records::read_jsonl(&config.out).unwrap() };
+    let first = read();
+    assert_eq!(summary.rankings, first.len());
+    assert!(
+        !first.is_empty(),
+        "the untrained model samples distinct answers"
+    );
+    for r in &first {
+        // Ranked best first by F1 against the reference, strictly (ties and copies dropped).
+        let page = r.id.as_ref().unwrap().trim_end_matches("#name");
+        let reference =
+            format!("{page}: use ls to list files. cat prints a file. grep finds lines.");
+        let labels: Vec<f64> = r
+            .ranking
+            .iter()
+            .map(|&i| reference_f1(&r.responses[i], &reference))
+            .collect();
+        assert!(labels.windows(2).all(|w| w[0] > w[1]), "{r:?} {labels:?}");
+        assert!(r.responses.len() >= 2 && r.responses.len() <= 4);
+    }
+
+    // A partial file holding the chunks through the first one with a ranking (that ranking
+    // altered, to show it is read, not redone) and a torn line: the rerun keeps those chunks
+    // as written and redoes the rest as the first run did.
+    let header = serde_json::json!({ "settings": config });
+    let chunk_of = |r: &Ranking| {
+        let id = r.id.as_deref().unwrap().trim_end_matches("#name");
+        pages.iter().position(|&p| p == id).unwrap() / config.batch_size
+    };
+    let done = chunk_of(&first[0]) + 1;
+    let mut lines = vec![header.to_string()];
+    for c in 0..done {
+        let mut rankings: Vec<Ranking> =
+            first.iter().filter(|r| chunk_of(r) == c).cloned().collect();
+        if let Some(r) = rankings.first_mut() {
+            r.responses[0] = "an answer from the partial file".into();
+        }
+        let labels: Vec<Vec<f64>> = rankings
+            .iter()
+            .map(|r| vec![0.0; r.responses.len()])
+            .collect();
+        lines.push(
+            serde_json::json!({ "chunk": c, "rankings": rankings, "labels": labels }).to_string(),
+        );
+    }
+    lines.push(format!("{{\"chunk\": {done}, \"rank"));
+    std::fs::write(config.partial(), lines.join("\n")).unwrap();
+    let resumed = sample_rankings::run(&config, &device).unwrap();
+    assert_eq!(resumed.resumed_chunks, done);
+    let second = read();
+    assert_eq!(second.len(), first.len());
+    assert_eq!(second[0].responses[0], "an answer from the partial file");
+    assert_eq!(second[0].ranking, first[0].ranking);
+    assert_eq!(&second[1..], &first[1..]);
+
+    // Other settings do not resume someone else's partial file.
+    std::fs::write(config.partial(), format!("{header}\n")).unwrap();
+    let other = SampleRankingsConfig {
+        seed: 4,
+        ..config.clone()
+    };
+    let err = sample_rankings::run(&other, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("other settings") && err.contains(".partial"),
+        "{err}"
+    );
+    // A prompt without a reference is named.
+    std::fs::write(
+        &other.prompts,
+        r#"{"id":"mv#name","prompt":"What does `mv` do?"}"#,
+    )
+    .unwrap();
+    std::fs::remove_file(config.partial()).unwrap();
+    let err = sample_rankings::run(&other, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prompt 1") && err.contains("mv#name"), "{err}");
+}

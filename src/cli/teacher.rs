@@ -9,6 +9,7 @@ use distill_teacher::ppo::{self, PpoConfig};
 use distill_teacher::pretrain::{self, PretrainConfig};
 use distill_teacher::questions::generate::{self as questions, QuestionsConfig};
 use distill_teacher::reward::{self, AccuracyReport, RewardConfig};
+use distill_teacher::sample_rankings::{self, SampleRankingsConfig};
 use distill_teacher::sft::{self, SftConfig};
 use std::path::PathBuf;
 
@@ -24,9 +25,31 @@ pub enum TeacherCommand {
     Questions(QuestionsArgs),
     /// PPO against the reward model with a KL penalty to the SFT policy.
     Ppo(PpoArgs),
+    /// Rank a policy's own sampled answers against the reference answers (token F1) into
+    /// rankings for `teacher reward`.
+    RankSamples(RankSamplesArgs),
     /// Compare the path's models (base, SFT, PPO) on held-out prompts: gold score, reward,
     /// multiple-choice accuracy and KL to SFT, with paired-bootstrap intervals for each gain.
     Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct RankSamplesArgs {
+    /// A TOML file of settings (see README); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The model that answers (usually the SFT model).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Prompts `{"id","prompt"}`.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Rankings whose first-ranked answer is each prompt's reference.
+    #[arg(long)]
+    references: Option<PathBuf>,
+    /// The rankings file written.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,8 +111,30 @@ pub fn run(command: TeacherCommand, device: DeviceChoice) -> Result<()> {
         TeacherCommand::Reward(args) => run_reward(args, device),
         TeacherCommand::Questions(args) => run_questions(args),
         TeacherCommand::Ppo(args) => run_ppo(args, device),
+        TeacherCommand::RankSamples(args) => run_rank_samples(args, device),
         TeacherCommand::Compare(args) => run_compare(args, device),
     }
+}
+
+fn run_rank_samples(args: RankSamplesArgs, device: DeviceChoice) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => SampleRankingsConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
+        None => SampleRankingsConfig::default(),
+    };
+    for (flag, key) in [
+        (args.policy, &mut config.policy),
+        (args.prompts, &mut config.prompts),
+        (args.references, &mut config.references),
+        (args.out, &mut config.out),
+    ] {
+        if let Some(path) = flag {
+            *key = path;
+        }
+    }
+    let summary = sample_rankings::run(&config, &device.open()?)?;
+    println!("{summary}");
+    println!("written to {}", config.out.display());
+    Ok(())
 }
 
 fn run_compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The teacher's InstructGPT path: pretraining (from scratch or continued) on text
 //! (`pretrain`), the JSON Lines records the later stages read (`records`), the man-page
 //! question set with its gold judge and multiple-choice evaluation (`questions`), supervised
-//! fine-tuning on demonstrations (`sft`), a reward model trained on rankings (`reward`), and
+//! fine-tuning on demonstrations (`sft`), a reward model trained on rankings (`reward`) and on
+//! rankings of the policy's own sampled answers (`sample_rankings`), and
 //! PPO against it with a KL penalty to the SFT policy (`ppo`).
 
 pub mod bootstrap;
@@ -12,4 +13,5 @@ pub mod pretrain;
 pub mod questions;
 pub mod records;
 pub mod reward;
+pub mod sample_rankings;
 pub mod sft;

@@ -26,6 +26,7 @@ mod trainer;
 pub use config::{PpoConfig, PtxConfig};
 pub use policy::{LoraConfig, PolicyWithValueHead};
 pub use reward_model::RewardModelFn;
+pub(crate) use trainer::stream_seed;
 pub use trainer::{PpoOutcome, PpoRun, Selection, train};
 
 use crate::questions::judge::{GoldJudge, JudgeError};

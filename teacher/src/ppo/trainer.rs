@@ -92,7 +92,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The seed of one random stream (`tag`) at one step and sub-index.
-fn stream_seed(seed: u64, tag: u64, step: usize, sub: usize) -> u64 {
+pub(crate) fn stream_seed(seed: u64, tag: u64, step: usize, sub: usize) -> u64 {
     mix(seed ^ mix(tag ^ mix(step as u64 ^ mix(sub as u64))))
 }
 
