@@ -156,6 +156,51 @@ fn ppo_raises_the_reward_while_the_kl_stays_near_its_target() {
     assert!(svg.contains("KL to reference"));
 }
 
+/// With several answers to each prompt and a reward whose offset per prompt dwarfs what the
+/// answers earn (as the reward model's score differs by question kind), the leave-one-out
+/// baseline compares answers to one prompt, and PPO still raises the share of the token.
+#[test]
+fn several_answers_per_prompt_learn_despite_large_per_prompt_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = PpoConfig {
+        answers_per_prompt: 4,
+        ..toy_config(tmp.path())
+    };
+    let mut reward = |prompts: &[Vec<u32>], responses: &[Vec<u32>]| -> Vec<f32> {
+        let share = chosen_share(prompts, responses);
+        let offset = |p: &[u32]| 20.0 * (p[0] % 5) as f32;
+        prompts
+            .iter()
+            .zip(share)
+            .map(|(p, s)| offset(p) + s)
+            .collect()
+    };
+    let mut gold = chosen_share_of;
+    let outcome = ppo::train(
+        &config,
+        PpoRun {
+            sft: sft(1),
+            prompts: &prompts(),
+            stop_tokens: &[],
+            ptx: None,
+            reward: &mut reward,
+            gold: Some(&mut gold),
+            select: None,
+        },
+        &Device::flex(),
+        &quiet(),
+    )
+    .unwrap();
+    let h = &outcome.history;
+    let share = |rows: &[PpoLogRow]| mean(rows, |r| r.gold.unwrap());
+    let (first, last) = (share(&h[..5]), share(&h[h.len() - 10..]));
+    assert!(first < 0.1, "{first}");
+    assert!(
+        last > first + 0.15,
+        "the token's share must rise: {first} → {last}"
+    );
+}
+
 /// The held-out gold score chooses the policy kept: a gold that only the SFT policy satisfies
 /// keeps the SFT weights; one that follows the reward keeps a later step, the best evaluated,
 /// also when the run is killed after that evaluation and resumed.

@@ -66,8 +66,17 @@ pub struct PpoConfig {
     pub out: PathBuf,
     /// Rollout-and-update steps. Default 40.
     pub steps: usize,
-    /// Prompts (and responses) per rollout. Default 8.
+    /// Responses per rollout. Default 8.
     pub batch_size: usize,
+    /// Answers sampled to each prompt of a rollout (`batch_size / answers_per_prompt`
+    /// prompts a step; it must divide `batch_size`). With more than one, each answer's reward
+    /// model score has the mean score of the prompt's other answers subtracted before the KL
+    /// penalty and GAE (the leave-one-out baseline of RLOO, Ahmadian et al. 2024,
+    /// arXiv:2402.14740): the advantages then compare answers to one prompt, as best-of-n
+    /// does, instead of prompts with each other, whose scores differ far more by question
+    /// kind than by answer. The log's `score` stays the raw score. Default 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub answers_per_prompt: usize,
     /// Responses per gradient step. Default 4.
     pub mini_batch_size: usize,
     /// Passes over each rollout batch. Default 4.
@@ -115,6 +124,11 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// Whether `n` is 1 (as [`is_zero`]).
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 impl Default for PpoConfig {
     fn default() -> Self {
         Self {
@@ -128,6 +142,7 @@ impl Default for PpoConfig {
             out: PathBuf::from("runs/ppo"),
             steps: 40,
             batch_size: 8,
+            answers_per_prompt: 1,
             mini_batch_size: 4,
             ppo_epochs: 4,
             learning_rate: 1.41e-5,
@@ -173,6 +188,12 @@ impl PpoConfig {
             if v == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        if self.answers_per_prompt == 0 || self.batch_size % self.answers_per_prompt != 0 {
+            return Err(format!(
+                "answers_per_prompt ({}) must be at least 1 and divide batch_size ({})",
+                self.answers_per_prompt, self.batch_size
+            ));
         }
         if self.mini_batch_size > self.batch_size {
             return Err(format!(

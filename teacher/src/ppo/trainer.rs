@@ -448,6 +448,23 @@ fn checked_scores(
     Ok(scores)
 }
 
+/// Each score minus the mean of the other scores in its group of `group` consecutive ones
+/// (RLOO's leave-one-out baseline); the scores unchanged when `group` is 1.
+pub fn leave_one_out(scores: &[f32], group: usize) -> Vec<f32> {
+    if group <= 1 {
+        return scores.to_vec();
+    }
+    scores
+        .chunks(group)
+        .flat_map(|g| {
+            let sum: f64 = g.iter().map(|&s| f64::from(s)).sum();
+            let others = (g.len() - 1) as f64;
+            g.iter()
+                .map(move |&s| (f64::from(s) - (sum - f64::from(s)) / others) as f32)
+        })
+        .collect()
+}
+
 /// Samples, scores and evaluates step `step`'s rollout batch and computes its advantages.
 #[allow(clippy::too_many_arguments)]
 fn roll_out(
@@ -462,7 +479,11 @@ fn roll_out(
     beta: f64,
     device: &Device,
 ) -> Result<ScoredRollout, PpoError> {
-    let rows = prompt_rows(prompts.len(), config.batch_size, step, config.seed);
+    let per = config.answers_per_prompt;
+    let rows: Vec<usize> = prompt_rows(prompts.len(), config.batch_size / per, step, config.seed)
+        .into_iter()
+        .flat_map(|i| std::iter::repeat_n(i, per))
+        .collect();
     let chosen: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
     let responses = sample_responses(
         &policy.merged_lm(),
@@ -474,6 +495,7 @@ fn roll_out(
     );
     let batch = RolloutBatch::new(chosen, responses);
     let scores = checked_scores(reward, &batch.prompts, &batch.responses, step)?;
+    let baselined = leave_one_out(&scores, per);
     let gold = gold.map(|g| {
         rows.iter()
             .zip(&batch.responses)
@@ -496,7 +518,7 @@ fn roll_out(
     for (b, response) in batch.responses.iter().enumerate() {
         let span = b * width..b * width + response.len();
         let (rewards, kl) = token_rewards(
-            scores[b],
+            baselined[b],
             &old_logprobs[span.clone()],
             &ref_logprobs[span.clone()],
             beta,
@@ -607,6 +629,18 @@ fn ptx_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leave_one_out_subtracts_the_mean_of_the_prompts_other_answers() {
+        let scores = [1.0, 3.0, 5.0, 10.0, 10.0, 13.0];
+        // Groups of 3: 1 − (3+5)/2, 3 − (1+5)/2, 5 − (1+3)/2; 10 − (10+13)/2, …
+        assert_eq!(leave_one_out(&scores, 3), [-3.0, 0.0, 3.0, -1.5, -1.5, 3.0]);
+        // A group's baselined scores sum to 0 and keep their order; a constant offset of the
+        // whole group (the prompt's kind) is gone.
+        let shifted: Vec<f32> = scores.iter().map(|s| s + 100.0).collect();
+        assert_eq!(leave_one_out(&shifted, 3), leave_one_out(&scores, 3));
+        assert_eq!(leave_one_out(&scores, 1), scores);
+    }
 
     #[test]
     fn prompt_order_visits_every_prompt_once_per_epoch() {
