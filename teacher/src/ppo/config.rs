@@ -189,7 +189,7 @@ impl PpoConfig {
                 return Err(format!("{key} must be at least 1"));
             }
         }
-        if self.answers_per_prompt == 0 || self.batch_size % self.answers_per_prompt != 0 {
+        if self.answers_per_prompt == 0 || !self.batch_size.is_multiple_of(self.answers_per_prompt) {
             return Err(format!(
                 "answers_per_prompt ({}) must be at least 1 and divide batch_size ({})",
                 self.answers_per_prompt, self.batch_size
