@@ -565,6 +565,23 @@ fn kl_by_hand(p: &LlamaForCausalLM, q: &LlamaForCausalLM, prompt: &[u32], answer
         .sum()
 }
 
+/// Writes one line per page of `PAGES` to `dir/name`.
+fn write_pages(dir: &Path, name: &str, line: impl Fn(&str) -> String) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, PAGES.map(line).join("\n")).unwrap();
+    path
+}
+
+/// The pages the compare and rank-samples tests ask about.
+const PAGES: [&str; 5] = ["ls", "cat", "grep", "find", "sort"];
+
+/// `prompts.jsonl`: "What does `page` do?" for each of `PAGES`, id `page#name`.
+fn name_prompts(dir: &Path) -> std::path::PathBuf {
+    write_pages(dir, "prompts.jsonl", |c| {
+        format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#)
+    })
+}
+
 #[test]
 fn compare_scores_each_stage_with_paired_intervals() {
     use distill_teacher::compare::{self, CompareConfig, NamedModel};
@@ -581,15 +598,9 @@ fn compare_scores_each_stage_with_paired_intervals() {
         generation_config: None,
     };
     checkpoint::save_dir(&tmp.path().join("other"), &other, SaveOptions::default()).unwrap();
-    let pages = ["ls", "cat", "grep", "find", "sort"];
-    let write = |name: &str, line: &dyn Fn(&str) -> String| {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, pages.map(line).join("\n")).unwrap();
-        path
-    };
-    let prompts = write("prompts.jsonl", &|c| {
-        format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#)
-    });
+    let pages = PAGES;
+    let write = |name: &str, line: &dyn Fn(&str) -> String| write_pages(tmp.path(), name, line);
+    let prompts = name_prompts(tmp.path());
     let facts = write("facts.jsonl", &|c| {
         format!(
             r#"{{"id":"{c}#name","page":"{c}","kind":"name","facts":["{c}","files"],"allowed":[],"reference_words":6}}"#
@@ -753,15 +764,9 @@ fn sampled_answers_are_ranked_by_reference_f1_and_a_resumed_run_reuses_its_chunk
     use distill_teacher::sample_rankings::{self, SampleRankingsConfig, reference_f1};
     let tmp = tempfile::tempdir().unwrap();
     tiny_policy_and_reward(tmp.path());
-    let pages = ["ls", "cat", "grep", "find", "sort"];
-    let write = |name: &str, line: &dyn Fn(&str) -> String| {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, pages.map(line).join("\n")).unwrap();
-        path
-    };
-    let prompts = write("prompts.jsonl", &|c| {
-        format!(r#"{{"id":"{c}#name","prompt":"What does `{c}` do?"}}"#)
-    });
+    let pages = PAGES;
+    let write = |name: &str, line: &dyn Fn(&str) -> String| write_pages(tmp.path(), name, line);
+    let prompts = name_prompts(tmp.path());
     let references = write("rankings.jsonl", &|c| {
         format!(
             r#"{{"id":"{c}#name","prompt":"What does `{c}` do?","responses":["the war","{c}: use ls to list files. cat prints a file. grep finds lines."],"ranking":[1,0]}}"#

@@ -133,17 +133,12 @@ impl CompareConfig {
                 return Err(format!("models: the name `{}` is used twice", m.name));
             }
         }
-        for (key, v) in [
+        crate::at_least_one(&[
             ("max_prompt_length", self.max_prompt_length),
             ("max_new_tokens", self.max_new_tokens),
             ("batch_size", self.batch_size),
             ("bootstrap_samples", self.bootstrap_samples),
-        ] {
-            if v == 0 {
-                return Err(format!("{key} must be at least 1"));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 

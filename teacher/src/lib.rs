@@ -15,3 +15,11 @@ pub mod records;
 pub mod reward;
 pub mod sample_rankings;
 pub mod sft;
+
+/// The first of `keys` whose value is 0, as an error naming it (settings that count things).
+pub(crate) fn at_least_one(keys: &[(&str, usize)]) -> Result<(), String> {
+    match keys.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => Err(format!("{key} must be at least 1")),
+        None => Ok(()),
+    }
+}

@@ -88,16 +88,11 @@ impl SampleRankingsConfig {
                 self.samples
             ));
         }
-        for (key, v) in [
+        crate::at_least_one(&[
             ("max_prompt_length", self.max_prompt_length),
             ("max_new_tokens", self.max_new_tokens),
             ("batch_size", self.batch_size),
-        ] {
-            if v == 0 {
-                return Err(format!("{key} must be at least 1"));
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// The unfinished output, resumed from.

@@ -174,7 +174,7 @@ impl PpoConfig {
 
     /// Checks the settings make sense; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+        crate::at_least_one(&[
             ("steps", self.steps),
             ("batch_size", self.batch_size),
             ("mini_batch_size", self.mini_batch_size),
@@ -183,13 +183,9 @@ impl PpoConfig {
             ("max_new_tokens", self.max_new_tokens),
             ("checkpoint_every", self.checkpoint_every),
             ("select_every", self.select_every),
-        ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err(format!("{key} must be at least 1"));
-            }
-        }
-        if self.answers_per_prompt == 0 || !self.batch_size.is_multiple_of(self.answers_per_prompt) {
+        ])?;
+        if self.answers_per_prompt == 0 || !self.batch_size.is_multiple_of(self.answers_per_prompt)
+        {
             return Err(format!(
                 "answers_per_prompt ({}) must be at least 1 and divide batch_size ({})",
                 self.answers_per_prompt, self.batch_size
