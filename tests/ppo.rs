@@ -582,6 +582,15 @@ fn name_prompts(dir: &Path) -> std::path::PathBuf {
     })
 }
 
+/// The answers `teacher compare` wrote to a JSON Lines file.
+fn read_answers(path: &Path) -> Vec<distill_teacher::compare::Answer> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn compare_scores_each_stage_with_paired_intervals() {
     use distill_teacher::compare::{self, CompareConfig, NamedModel};
@@ -663,12 +672,7 @@ fn compare_scores_each_stage_with_paired_intervals() {
     // samples.jsonl holds every sampled answer (3 models × 5 prompts × 2 samples), scored;
     // each model's best-of-2 is the gold of the answer with the higher reward, and its gain
     // is paired with the mean sampled gold.
-    let sampled: Vec<compare::Answer> =
-        std::fs::read_to_string(tmp.path().join("compare/samples.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let sampled: Vec<compare::Answer> = read_answers(&tmp.path().join("compare/samples.jsonl"));
     assert_eq!(sampled.len(), 30);
     for m in &report.models {
         let mine: Vec<&compare::Answer> = sampled.iter().filter(|a| a.model == m.name).collect();
@@ -720,12 +724,7 @@ fn compare_scores_each_stage_with_paired_intervals() {
 
     // Every answer's KL equals the sum over its tokens from unpadded forwards, and its gold
     // score is the judge's.
-    let answers: Vec<compare::Answer> =
-        std::fs::read_to_string(tmp.path().join("compare/answers.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let answers: Vec<compare::Answer> = read_answers(&tmp.path().join("compare/answers.jsonl"));
     assert_eq!(answers.len(), 15);
     let judge = distill_teacher::questions::judge::GoldJudge::load(&config.gold_facts).unwrap();
     let tokenizer = sft.tokenizer.as_ref().unwrap();
@@ -824,13 +823,7 @@ fn sampled_answers_are_ranked_by_reference_f1_and_a_resumed_run_reuses_its_chunk
         if let Some(r) = rankings.first_mut() {
             r.responses[0] = "an answer from the partial file".into();
         }
-        let labels: Vec<Vec<f64>> = rankings
-            .iter()
-            .map(|r| vec![0.0; r.responses.len()])
-            .collect();
-        lines.push(
-            serde_json::json!({ "chunk": c, "rankings": rankings, "labels": labels }).to_string(),
-        );
+        lines.push(serde_json::json!({ "chunk": c, "rankings": rankings }).to_string());
     }
     lines.push(format!("{{\"chunk\": {done}, \"rank"));
     std::fs::write(config.partial(), lines.join("\n")).unwrap();

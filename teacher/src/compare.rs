@@ -20,7 +20,7 @@
 
 use crate::bootstrap::{Interval, mean_interval, paired_difference};
 use crate::ppo::policy::response_log_dist;
-use crate::ppo::rollout::RolloutBatch;
+use crate::ppo::rollout::{RolloutBatch, sampling_config};
 use crate::ppo::{RewardFn, RewardModelFn, chat_prompts, stop_tokens};
 use crate::questions::choice::{ChoiceError, evaluate_choices};
 use crate::questions::judge::{GoldJudge, JudgeError};
@@ -563,16 +563,11 @@ impl Context<'_> {
         let mut sampled = Vec::with_capacity(n * config.samples);
         for sample in 0..config.samples {
             for (c, chunk) in self.prompts.chunks(batch).enumerate() {
-                let generate = GenerateConfig {
-                    max_new_tokens: config.max_new_tokens,
-                    stop_tokens: self.stops.to_vec(),
-                    sampling: SamplingConfig {
-                        temperature: 1.0,
-                        top_k: 0,
-                        top_p: 1.0,
-                        seed: config.seed ^ ((sample as u64) << 32) ^ c as u64,
-                    },
-                };
+                let generate = sampling_config(
+                    config.max_new_tokens,
+                    self.stops,
+                    config.seed ^ ((sample as u64) << 32) ^ c as u64,
+                );
                 let answers = generate_continuations(&m.model, chunk, &generate, self.device);
                 let full: Vec<Vec<u32>> = answers.iter().map(Continuation::ids_with_stop).collect();
                 let scores = match (reward.as_deref_mut(), rewards.as_mut()) {
@@ -805,25 +800,16 @@ fn write_outputs(
     write_json_atomic(&json, &value).map_err(io(json.clone()))?;
     let md = config.out.join("compare.md");
     write_bytes_atomic(&md, report.markdown().as_bytes()).map_err(io(md.clone()))?;
-    let jsonl = |answers: &mut dyn Iterator<Item = &Answer>| {
-        let mut lines = String::new();
-        for a in answers {
-            lines.push_str(&serde_json::to_string(a).expect("answer serializes"));
-            lines.push('\n');
-        }
-        lines
-    };
     let answers = config.out.join("answers.jsonl");
-    let greedy = jsonl(&mut measured.iter().flat_map(|m| &m.answers));
-    write_bytes_atomic(&answers, greedy.as_bytes()).map_err(io(answers.clone()))?;
+    let greedy: Vec<&Answer> = measured.iter().flat_map(|m| &m.answers).collect();
+    records::write_jsonl(&answers, &greedy).map_err(io(answers.clone()))?;
     if config.samples > 0 {
         let path = config.out.join("samples.jsonl");
-        let sampled = jsonl(
-            &mut measured
-                .iter()
-                .flat_map(|m| m.sampled.iter().flat_map(|s| &s.answers)),
-        );
-        write_bytes_atomic(&path, sampled.as_bytes()).map_err(io(path.clone()))?;
+        let sampled: Vec<&Answer> = measured
+            .iter()
+            .flat_map(|m| m.sampled.iter().flat_map(|s| &s.answers))
+            .collect();
+        records::write_jsonl(&path, &sampled).map_err(io(path.clone()))?;
     }
     Ok(())
 }

@@ -14,13 +14,14 @@
 //! rankings appended as one line to `OUT.partial`; a rerun with the same settings resumes
 //! after the last whole line and writes what an uninterrupted run does.
 
-use crate::ppo::rollout::sample_responses;
+use crate::ppo::rollout::sampling_config;
 use crate::ppo::{chat_prompts, stop_tokens, stream_seed};
 use crate::questions::judge::{self, key};
 use crate::records::{self, Prompt, Ranking, RecordError};
 use burn::prelude::*;
 use distill_model::chat::{ChatError, ChatTemplate};
 use distill_model::fsutil::write_atomic;
+use distill_model::generate::generate_continuations;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -185,11 +186,8 @@ pub fn reference_f1(answer: &str, reference: &str) -> f64 {
 
 /// A ranking of `answers` by `labels`, best first: identical answers and answers whose label
 /// ties a better one's are dropped; `None` when fewer than two are left. Returns the kept
-/// answers (in their sampled order), the ranking into them, and their labels best first.
-pub fn rank_by_label(
-    answers: &[String],
-    labels: &[f64],
-) -> Option<(Vec<String>, Vec<usize>, Vec<f64>)> {
+/// answers (in their sampled order) and the ranking into them.
+pub fn rank_by_label(answers: &[String], labels: &[f64]) -> Option<(Vec<String>, Vec<usize>)> {
     let mut order: Vec<usize> = (0..answers.len()).collect();
     order.sort_by(|&i, &j| labels[j].total_cmp(&labels[i]).then(i.cmp(&j)));
     let mut seen_text = HashSet::new();
@@ -209,7 +207,6 @@ pub fn rank_by_label(
     Some((
         sampled_order.iter().map(|&i| answers[i].clone()).collect(),
         kept.iter().map(|&i| position(i)).collect(),
-        kept.iter().map(|&i| labels[i]).collect(),
     ))
 }
 
@@ -224,7 +221,6 @@ struct Header {
 struct Chunk {
     chunk: usize,
     rankings: Vec<Ranking>,
-    labels: Vec<Vec<f64>>,
 }
 
 /// The whole chunks of `OUT.partial` made with `config`'s settings; a torn last line is
@@ -354,27 +350,17 @@ pub fn run(
         let mut answers: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
         for s in 0..config.samples {
             let seed = stream_seed(config.seed, 8, c, s);
-            let tokens = sample_responses(
-                &policy.model,
-                &prompts[rows.clone()],
-                config.max_new_tokens,
-                &stops,
-                seed,
-                device,
-            );
-            for (k, t) in tokens.iter().enumerate() {
-                let body = match t.last() {
-                    Some(x) if stops.contains(x) => &t[..t.len() - 1],
-                    _ => &t[..],
-                };
-                let text = tokenizer.decode(body).unwrap_or_default();
+            let generate = sampling_config(config.max_new_tokens, &stops, seed);
+            let sampled =
+                generate_continuations(&policy.model, &prompts[rows.clone()], &generate, device);
+            for (k, a) in sampled.iter().enumerate() {
+                let text = tokenizer.decode(&a.tokens).unwrap_or_default();
                 answers[k].push(text.trim().to_string());
             }
         }
         let mut chunk = Chunk {
             chunk: c,
             rankings: Vec::new(),
-            labels: Vec::new(),
         };
         for (k, i) in rows.enumerate() {
             let id = kept[i].id.clone().expect("checked above");
@@ -383,7 +369,7 @@ pub fn run(
                 .iter()
                 .map(|a| reference_f1(a, reference))
                 .collect();
-            if let Some((responses, ranking, labels)) = rank_by_label(&answers[k], &labels) {
+            if let Some((responses, ranking)) = rank_by_label(&answers[k], &labels) {
                 let n = responses.len();
                 chunk.rankings.push(Ranking {
                     id: Some(id),
@@ -392,7 +378,6 @@ pub fn run(
                     ranking,
                     kinds: Some(vec!["sampled".into(); n]),
                 });
-                chunk.labels.push(labels);
             }
         }
         let mut line = serde_json::to_string(&chunk).expect("chunk serializes");
@@ -408,14 +393,22 @@ pub fn run(
     let rankings: Vec<&Ranking> = chunks.iter().flat_map(|c| &c.rankings).collect();
     records::write_jsonl(&config.out, &rankings).map_err(io(&config.out))?;
     std::fs::remove_file(&partial).map_err(io(&partial))?;
-    let labels: Vec<&Vec<f64>> = chunks.iter().flat_map(|c| &c.labels).collect();
     let n = rankings.len().max(1) as f64;
+    // The labeler's score of each ranking's answer at `place` (0 the best, 1 the worst).
+    let mean_label = |place: usize| {
+        let at = |r: &Ranking| r.ranking[place * (r.ranking.len() - 1)];
+        let label = |r: &&Ranking| {
+            let reference = &references[r.id.as_ref().expect("written with an id")];
+            reference_f1(&r.responses[at(r)], reference)
+        };
+        rankings.iter().map(label).sum::<f64>() / n
+    };
     Ok(SampleRankingsSummary {
         prompts: prompts.len(),
         rankings: rankings.len(),
         answers_per_ranking: rankings.iter().map(|r| r.responses.len()).sum::<usize>() as f64 / n,
-        best_label: labels.iter().map(|l| l[0]).sum::<f64>() / n,
-        worst_label: labels.iter().map(|l| l[l.len() - 1]).sum::<f64>() / n,
+        best_label: mean_label(0),
+        worst_label: mean_label(1),
         resumed_chunks,
         seconds: t0.elapsed().as_secs_f64(),
     })
@@ -442,11 +435,14 @@ mod tests {
     #[test]
     fn ranking_drops_duplicates_and_ties_and_needs_two_answers() {
         let answers: Vec<String> = ["a", "b", "a", "c", "d"].map(String::from).to_vec();
-        let (kept, ranking, labels) = rank_by_label(&answers, &[0.5, 0.9, 0.5, 0.5, 0.1]).unwrap();
+        let labels = [0.5, 0.9, 0.5, 0.5, 0.1];
+        let (kept, ranking) = rank_by_label(&answers, &labels).unwrap();
         // "b" (0.9) first; the first "a" (0.5) next, its copy and "c" (tied at 0.5) dropped.
         assert_eq!(kept, ["a", "b", "d"]);
         assert_eq!(ranking, [1, 0, 2]);
-        assert_eq!(labels, [0.9, 0.5, 0.1]);
+        let label = |a: &str| labels[answers.iter().position(|x| x == a).unwrap()];
+        let ranked: Vec<f64> = ranking.iter().map(|&r| label(&kept[r])).collect();
+        assert_eq!(ranked, [0.9, 0.5, 0.1]);
         let same: Vec<String> = ["x", "x"].map(String::from).to_vec();
         assert!(rank_by_label(&same, &[0.3, 0.3]).is_none());
         assert!(rank_by_label(&answers[..2], &[0.2, 0.2]).is_none());

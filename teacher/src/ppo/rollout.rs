@@ -6,19 +6,11 @@ use distill_model::generate::{GenerateConfig, generate_continuations};
 use distill_model::sample::SamplingConfig;
 use distill_model::{Layout, LlamaForCausalLM};
 
-/// Samples one response per prompt from `lm` at temperature 1 with no truncation (the policy's
-/// own distribution, which the importance ratios assume). A response keeps the stop token that
-/// ended it, so the policy is also trained on when to stop. Row `b` samples with seed
-/// `seed + b`.
-pub fn sample_responses(
-    lm: &LlamaForCausalLM,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-    stop_tokens: &[u32],
-    seed: u64,
-    device: &Device,
-) -> Vec<Vec<u32>> {
-    let config = GenerateConfig {
+/// Decoding at temperature 1 with no truncation (the policy's own distribution, which the
+/// importance ratios assume), up to `max_new_tokens` or a stop token; row `b` samples with
+/// seed `seed + b`.
+pub fn sampling_config(max_new_tokens: usize, stop_tokens: &[u32], seed: u64) -> GenerateConfig {
+    GenerateConfig {
         max_new_tokens,
         stop_tokens: stop_tokens.to_vec(),
         sampling: SamplingConfig {
@@ -27,7 +19,20 @@ pub fn sample_responses(
             top_p: 1.0,
             seed,
         },
-    };
+    }
+}
+
+/// Samples one response per prompt from `lm` as [`sampling_config`] says. A response keeps
+/// the stop token that ended it, so the policy is also trained on when to stop.
+pub fn sample_responses(
+    lm: &LlamaForCausalLM,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop_tokens: &[u32],
+    seed: u64,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    let config = sampling_config(max_new_tokens, stop_tokens, seed);
     answers(lm, prompts, &config, device)
 }
 
